@@ -1,0 +1,63 @@
+"""Content-keyed caches in one user-configurable folder (``DERMFM_CACHE``, default
+``~/.cache/dermfm``). Keys hash everything that determines the value (model + inputs)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def cache_dir(*parts: str) -> Path:
+    """The cache folder (created on demand), or a sub-folder of it."""
+    root = Path(os.environ.get("DERMFM_CACHE") or Path.home() / ".cache" / "dermfm")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def content_key(*parts: Any) -> str:
+    """A stable SHA-256 hex digest of JSON-serialisable parts."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensor(kind: str, key: str) -> torch.Tensor | None:
+    """A cached tensor, or ``None`` when absent or unreadable (then it is recomputed)."""
+    from safetensors.torch import load_file
+
+    path = cache_dir(kind) / f"{key}.safetensors"
+    if not path.is_file():
+        return None
+    try:
+        return load_file(path)["value"]
+    except Exception:  # a corrupt cache entry is recomputed, never trusted
+        return None
+
+
+def save_tensor(kind: str, key: str, value: torch.Tensor) -> None:
+    """Store a tensor under ``key`` (best effort: a read-only cache is not an error)."""
+    from safetensors.torch import save
+
+    with contextlib.suppress(OSError):
+        atomic_write_bytes(cache_dir(kind) / f"{key}.safetensors",
+                           save({"value": value.contiguous().cpu()}))

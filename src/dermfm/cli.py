@@ -1,0 +1,293 @@
+"""The ``dermfm`` command line: a thin layer over the public API (``dermfm.*``).
+
+Exit status: 0 all inputs processed, 1 some inputs failed (each named on stderr), 2 the command
+could not run (bad option, model or index not available).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Dermatology vision-language models: zero-shot differential diagnosis, clinical concept "
+    "annotation and image retrieval. Decision support for clinicians, not a diagnosis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+index_app = typer.Typer(help="Build, extend and search a retrieval index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+out = Console()
+err = Console(stderr=True)
+DISCLAIMER = (
+    "Decision support only, not a diagnosis. Scores are uncalibrated model outputs; "
+    "a clinician must interpret them."
+)
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Registry name, hf-hub: id, or local model folder "
+                 "(default: the bundled model). See `dermfm models`."),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", help="Weights for an open_clip architecture given as --model."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ImagesArg = Annotated[list[Path], typer.Argument(help="Image files or folders of images.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def _load(model: str | None, checkpoint: Path | None) -> Any:
+    from dermfm.errors import DermfmError
+    from dermfm.models import load_model
+
+    try:
+        return load_model(model, checkpoint=checkpoint)
+    except DermfmError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _inputs(images: list[Path]) -> list[Path]:
+    from dermfm.errors import ImageError
+    from dermfm.io.images import expand_inputs
+
+    try:
+        found = expand_inputs(images)
+    except ImageError as exc:
+        raise _fail(str(exc)) from None
+    if not found:
+        raise _fail("no images found in " + ", ".join(map(str, images)))
+    return found
+
+
+def _report_failures(results: list[Any]) -> int:
+    failed = [r for r in results if r.error]
+    for r in failed:
+        err.print(f"[red]error:[/red] {r.source}: {r.error}", highlight=False, soft_wrap=True)
+    if failed:
+        err.print(f"{len(failed)} of {len(results)} inputs failed.", highlight=False)
+    return 1 if failed else 0
+
+
+def _print_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def models(json_out: JsonOpt = False) -> None:
+    """List the registered models and where each would load from."""
+    from dermfm.models import list_models
+
+    rows = list_models()
+    if json_out:
+        _print_json([r.to_dict() for r in rows])
+        return
+    table = Table(title="dermfm models", show_lines=True)
+    for col in ("name", "backend", "published id", "licence", "loads from"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r.name + (" (default)" if r.default else ""), r.backend, r.id, r.licence,
+                      r.location)
+    out.print(table)
+
+
+@app.command()
+def diagnose(
+    images: ImagesArg,
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    labels: Annotated[str, typer.Option(
+        "--labels", "-l", help="Label set: ham7, pad6, derm7pt, f17k114, dermnet, all; a file "
+        "(YAML/JSON or one name per line); or comma-separated names.")] = "all",
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show.")] = 5,
+    templates: Annotated[str, typer.Option(help="Prompt template set.")] = "skin8",
+    temperature: Annotated[float | None, typer.Option(
+        help="Softmax temperature (default: the model's own logit scale).")] = None,
+    batch_size: BatchOpt = 32,
+    json_out: JsonOpt = False,
+) -> None:
+    """Zero-shot differential diagnosis of skin images, with ontology roll-up."""
+    from dermfm.errors import DermfmError
+    from dermfm.zeroshot import ZeroShotClassifier
+
+    paths = _inputs(images)
+    loaded = _load(model, checkpoint)
+    try:
+        clf = ZeroShotClassifier(loaded, labels, templates, temperature)
+    except (DermfmError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    results = clf.diagnose(paths, top_k=top_k, batch_size=batch_size,
+                           show_progress=len(paths) > 1)
+    if json_out:
+        _print_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            if r.ok:
+                _print_diagnosis(r)
+        out.print(f"[dim]{DISCLAIMER}[/dim]")
+    raise typer.Exit(_report_failures(results))
+
+
+def _print_diagnosis(r: Any) -> None:
+    table = Table(title=f"{r.source}  [dim]({r.model}, label set {r.label_set})[/dim]",
+                  title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("condition")
+    table.add_column("label")
+    table.add_column("score (uncalibrated)", justify="right")
+    for i, p in enumerate(r.predictions, start=1):
+        table.add_row(str(i), p.name, p.label, f"{p.probability:.3f}")
+    out.print(table)
+    if r.malignancy:
+        summary = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in r.malignancy.items())
+        out.print(f"  malignancy roll-up: {summary}")
+    if r.urgency:
+        out.print("  urgency roll-up: " + ", ".join(f"{k} {v:.2f}" for k, v in r.urgency.items()))
+    out.print(f"  uncertainty: normalised entropy {r.entropy:.2f}, top-1 margin {r.margin:.2f}")
+
+
+@app.command()
+def concepts(
+    images: ImagesArg,
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    select: Annotated[str | None, typer.Option(
+        "--concepts", "-c", help="Concept ids and/or groups (skincon, derm7pt, artifact...), "
+        "comma-separated, or a vocabulary file. Default: all.")] = None,
+    threshold: Annotated[float, typer.Option(help="Score at or above which a concept is "
+                                             "reported present.")] = 0.5,
+    top: Annotated[int, typer.Option(help="Concepts to show per image in tables.")] = 10,
+    batch_size: BatchOpt = 32,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score clinical concepts (MONET protocol) on skin images."""
+    from dermfm.concepts import ConceptAnnotator
+
+    paths = _inputs(images)
+    loaded = _load(model, checkpoint)
+    try:
+        annotator = ConceptAnnotator(loaded, select, threshold=threshold)
+    except (KeyError, ValueError) as exc:
+        raise _fail(str(exc).strip("'\"")) from None
+    results = annotator.annotate(paths, batch_size=batch_size, show_progress=len(paths) > 1)
+    if json_out:
+        _print_json([r.to_dict() for r in results])
+    else:
+        for r in results:
+            if not r.ok:
+                continue
+            table = Table(title=f"{r.source}  [dim]({r.model})[/dim]", title_justify="left")
+            for col in ("concept", "group", "score (raw)", "present"):
+                table.add_column(col)
+            for s in sorted(r.scores, key=lambda s: -s.score)[:top]:
+                table.add_row(s.name, s.group, f"{s.score:.3f}", "yes" if s.present else "")
+            out.print(table)
+        out.print(f"[dim]{DISCLAIMER}[/dim]")
+    raise typer.Exit(_report_failures(results))
+
+
+@index_app.command("build")
+def index_build(
+    index: Annotated[Path, typer.Argument(help="Folder to create the index in.")],
+    source: Annotated[Path, typer.Argument(help="Folder of images, or a CSV with a path column "
+                                           "and optional label and caption columns.")],
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    kind: Annotated[str, typer.Option(help="flat (exact), ivf or hnsw (approximate).")] = "flat",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing index.")] = False,
+    batch_size: BatchOpt = 32,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a persistent retrieval index over a case library."""
+    from dermfm.errors import DermfmError
+    from dermfm.retrieval import Index
+
+    loaded = _load(model, checkpoint)
+    try:
+        built, report = Index.build(index, source, loaded, kind=kind, overwrite=overwrite,
+                                    batch_size=batch_size, show_progress=True)
+    except DermfmError as exc:
+        raise _fail(str(exc)) from None
+    _print_add(report, len(built), json_out)
+
+
+@index_app.command("add")
+def index_add(
+    index: Annotated[Path, typer.Argument(help="An existing index folder.")],
+    source: Annotated[Path, typer.Argument(help="Folder of images, a CSV, or one image.")],
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    batch_size: BatchOpt = 32,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add images to an index (files already indexed are skipped)."""
+    from dermfm.errors import DermfmError
+    from dermfm.retrieval import Index
+
+    try:
+        opened = Index.open(index, _load(model, checkpoint) if model or checkpoint else None)
+        report = opened.add(source, batch_size=batch_size, show_progress=True)
+    except DermfmError as exc:
+        raise _fail(str(exc)) from None
+    _print_add(report, len(opened), json_out)
+
+
+def _print_add(report: Any, total: int, json_out: bool) -> None:
+    if json_out:
+        _print_json({**report.to_dict(), "total": total})
+    else:
+        out.print(f"added {report.added}, already indexed {len(report.duplicates)}, "
+                  f"failed {len(report.errors)}; the index now holds {total} images")
+    for e in report.errors:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if report.errors else 0)
+
+
+@index_app.command("search")
+def index_search(
+    index: Annotated[Path, typer.Argument(help="An existing index folder.")],
+    text: Annotated[str | None, typer.Option("--text", "-t", help="Text query.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", "-i", help="Query image.")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="Results to return.")] = 10,
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Search an index by text or by image."""
+    from dermfm.errors import DermfmError
+    from dermfm.retrieval import Index
+
+    if (text is None) == (image is None):
+        raise _fail("give exactly one of --text or --image")
+    try:
+        opened = Index.open(index, _load(model, checkpoint) if model or checkpoint else None)
+        hits = opened.search(text if text is not None else image, k=k)
+    except DermfmError as exc:
+        raise _fail(str(exc)) from None
+    if json_out:
+        _print_json([h.to_dict() for h in hits])
+        return
+    table = Table(title=f"{index}: {text!r}" if text else f"{index}: {image}",
+                  title_justify="left")
+    for col in ("rank", "score", "label", "path", "caption"):
+        table.add_column(col, overflow="fold")
+    for h in hits:
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.label or "", h.path, h.caption or "")
+    out.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,19 @@
+"""Image input: every image enters dermfm through :func:`load_image`."""
+
+from dermfm.io.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    ImageInput,
+    find_images,
+    load_image,
+    source_name,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "ImageInput",
+    "find_images",
+    "load_image",
+    "source_name",
+]

@@ -1,0 +1,164 @@
+"""Validated image loading.
+
+Every image goes through :func:`load_image`, which honours EXIF orientation, converts any mode
+(grayscale, RGBA, palette, CMYK, 16-bit, float) to 8-bit RGB, refuses decompression bombs by a pixel
+limit, and turns every failure into an :class:`~dermfm.errors.ImageError` naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from dermfm.errors import ImageError
+
+#: Largest image accepted by default (about 100 megapixels, e.g. 12000 x 8000).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+#: File suffixes treated as images when a folder is scanned.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif"}
+)
+
+#: What the public API accepts as an image: a path or an already opened PIL image.
+ImageInput = str | Path | Image.Image
+
+_HEIF_READY: bool | None = None
+
+
+def _enable_heif() -> bool:
+    """Register the HEIC/HEIF decoder of ``pillow-heif`` once, if it is installed."""
+    global _HEIF_READY
+    if _HEIF_READY is None:
+        try:
+            from pillow_heif import register_heif_opener
+
+            register_heif_opener()
+            _HEIF_READY = True
+        except ImportError:
+            _HEIF_READY = False
+    return _HEIF_READY
+
+
+def source_name(image: ImageInput) -> str:
+    """A printable name for an input: its path, or ``<PIL image WxH>`` for in-memory images."""
+    if isinstance(image, Image.Image):
+        return f"<PIL image {image.width}x{image.height}>"
+    return str(image)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparent pixels are composited onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(
+    image: ImageInput,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Open, validate and convert one image to an upright 8-bit RGB :class:`PIL.Image.Image`.
+
+    Args:
+        image: a file path, or a PIL image (converted, not re-validated for size).
+        max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+        draft_size: if given, JPEGs are decoded at the smallest DCT scale whose shorter side is
+            still at least this many pixels (much faster for camera-sized photos; the model's
+            preprocessing resizes further anyway).
+
+    Raises:
+        ImageError: with the path and a one-line reason (missing, empty, not an image, truncated,
+            too many pixels, unreadable).
+    """
+    if isinstance(image, Image.Image):
+        return _to_rgb(ImageOps.exif_transpose(image) or image)
+    path = Path(image)
+    if not path.exists():
+        raise ImageError(path, "file not found")
+    if path.is_dir():
+        raise ImageError(path, "is a directory, not an image file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    if path.suffix.lower() in (".heic", ".heif") and not _enable_heif():
+        raise ImageError(path, "HEIC/HEIF needs the pillow-heif package (pip install pillow-heif)")
+    _enable_heif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        path,
+                        f"{width}x{height} = {width * height:,} pixels exceeds the limit of "
+                        f"{max_pixels:,} (decompression-bomb guard; raise max_pixels to allow it)",
+                    )
+                if draft_size and img.format == "JPEG":
+                    scale = min(width, height) / draft_size
+                    if scale >= 2:
+                        img.draft("RGB", (int(width / scale), int(height / scale)))
+                img.load()
+                upright = ImageOps.exif_transpose(img) or img
+                return _to_rgb(upright).copy()
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError(path, "not a recognised image format") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(path, f"rejected as a decompression bomb ({exc})") from exc
+    except PermissionError as exc:
+        raise ImageError(path, "permission denied") from exc
+    except OSError as exc:
+        message = str(exc)
+        if any(m in message.lower() for m in ("truncated", "broken data stream")):
+            raise ImageError(path, "truncated or corrupt image data") from exc
+        raise ImageError(path, f"cannot decode image ({message})") from exc
+    except (ValueError, SyntaxError) as exc:
+        raise ImageError(path, f"corrupt image ({exc})") from exc
+
+
+def find_images(root: str | Path, recursive: bool = True) -> list[Path]:
+    """All files under ``root`` with an image suffix, sorted; hidden files are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageError(root, "not a directory")
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p
+        for p in root.glob(pattern)
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand command-line inputs: folders become the images inside them, files stay."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        out.extend(find_images(p) if p.is_dir() else [p])
+    return out
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False

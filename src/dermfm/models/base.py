@@ -1,0 +1,179 @@
+"""The one model interface every backend implements, and the shared embedding pipeline."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from dermfm.errors import ImageError
+from dermfm.io import DEFAULT_MAX_PIXELS, ImageInput, load_image, source_name
+from dermfm.progress import progress
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a loaded model is and where it came from."""
+
+    name: str
+    backend: str
+    source: str
+    licence: str
+    description: str = ""
+    citation: str = ""
+    loaded_from: str = ""
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready mapping."""
+        return asdict(self)
+
+
+@dataclass
+class ImageEmbeddings:
+    """Embeddings of a batch of inputs, with the inputs that failed kept apart.
+
+    Attributes:
+        vectors: ``(len(ok), embed_dim)`` float32, L2-normalised, in input order.
+        ok: positions (in the input sequence) of the images that were embedded.
+        errors: position -> the :class:`ImageError` that stopped that input.
+        sources: printable name of every input, failed ones included.
+    """
+
+    vectors: torch.Tensor
+    ok: list[int]
+    errors: dict[int, ImageError] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=-1)
+
+
+class DermModel(ABC):
+    """A CLIP-style model: image and text towers that embed into one space.
+
+    Subclasses implement :meth:`_encode_pixels` and :meth:`_encode_tokens`; everything users call
+    (:meth:`encode_images`, :meth:`encode_texts`, :meth:`embed_images`) lives here once.
+    """
+
+    card: ModelCard
+    #: ``PIL.Image -> (3, H, W) tensor`` for this model.
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    #: ``list[str] -> model inputs`` for this model.
+    tokenizer: Callable[[list[str]], Any]
+    #: Multiplier of cosine similarities in the model's own training (CLIP: 100).
+    logit_scale: float = 100.0
+    #: Side length in pixels of the model's input images.
+    image_size: int = 224
+    #: A string that changes whenever the weights change (used to key caches).
+    cache_key: str = ""
+    device: torch.device = torch.device("cpu")
+
+    @abstractmethod
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unnormalised image features for a ``(N, 3, H, W)`` batch."""
+
+    @abstractmethod
+    def _encode_tokens(self, texts: list[str]) -> torch.Tensor:
+        """Unnormalised text features for a list of strings."""
+
+    @property
+    def name(self) -> str:
+        """Registry name (or path) of the model."""
+        return self.card.name
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the shared embedding space."""
+        if not hasattr(self, "_embed_dim"):
+            self._embed_dim = int(self.encode_texts(["skin"]).shape[-1])
+        return self._embed_dim
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 embeddings of preprocessed images ``(N, 3, H, W)``."""
+        return _normalise(self._encode_pixels(pixels.to(self.device))).cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised float32 embeddings of texts, ``(len(texts), embed_dim)``."""
+        texts = list(texts)
+        if not texts:
+            raise ValueError("encode_texts needs at least one text")
+        chunks = [
+            _normalise(self._encode_tokens(texts[i : i + batch_size])).cpu()
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(chunks)
+
+    def _prepare(self, image: ImageInput, max_pixels: int, draft: bool) -> torch.Tensor:
+        rgb = load_image(image, max_pixels=max_pixels,
+                         draft_size=2 * self.image_size if draft else None)
+        try:
+            return self.preprocess(rgb)
+        except Exception as exc:  # a backend's transform failing on one image
+            raise ImageError(source_name(image), f"preprocessing failed ({exc})") from exc
+
+    def embed_images(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        batch_size: int = 32,
+        workers: int = 4,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        draft: bool = True,
+        show_progress: bool | None = None,
+    ) -> ImageEmbeddings:
+        """Decode, preprocess and embed many images; failures are collected, not raised.
+
+        Decoding runs in a thread pool one batch ahead of the model (PIL releases the GIL while
+        decoding), batches go through the model under ``torch.inference_mode``, and JPEGs whose
+        shorter side is at least four times the model input are decoded at a reduced DCT scale
+        that keeps at least twice the input size (``draft=False`` decodes at full size, for
+        bit-for-bit parity with a plain PIL pipeline).
+        """
+        images = list(images)
+        sources = [source_name(im) for im in images]
+        batches = [list(range(i, min(i + batch_size, len(images))))
+                   for i in range(0, len(images), batch_size)]
+        vectors: list[torch.Tensor] = []
+        ok: list[int] = []
+        errors: dict[int, ImageError] = {}
+
+        def outcome(i: int) -> torch.Tensor | ImageError:
+            try:
+                return self._prepare(images[i], max_pixels, draft)
+            except ImageError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, progress(
+            "Embedding images", len(images), show_progress
+        ) as advance:
+
+            def submit(idx: list[int]) -> list[Future]:
+                return [pool.submit(outcome, i) for i in idx]
+
+            pending = submit(batches[0]) if batches else []
+            for b, idx in enumerate(batches):
+                current = pending
+                pending = submit(batches[b + 1]) if b + 1 < len(batches) else []
+                tensors, kept = [], []
+                for i, fut in zip(idx, current, strict=True):
+                    result = fut.result()
+                    if isinstance(result, ImageError):
+                        errors[i] = result
+                    else:
+                        tensors.append(result)
+                        kept.append(i)
+                if tensors:
+                    vectors.append(self.encode_images(torch.stack(tensors)))
+                    ok.extend(kept)
+                advance(len(idx))
+        stacked = torch.cat(vectors) if vectors else torch.empty(0, self.embed_dim)
+        return ImageEmbeddings(vectors=stacked, ok=ok, errors=errors, sources=sources)

@@ -1,0 +1,345 @@
+"""Persistent image retrieval over a case library, searchable by text or by image.
+
+An index is a folder:
+
+* ``items.sqlite`` — the source of truth: one row per image (path, content hash, label, caption,
+  embedding). Rows are only ever added.
+* ``vectors.faiss`` — a FAISS index derived from those rows (exact inner product by default;
+  ``ivf`` or ``hnsw`` for large collections). It is rebuilt from SQLite whenever it is missing or
+  out of step, so a crash can never lose stored items.
+* ``index.json`` — which model built it and how, checked whenever the index is opened.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermfm.cache import atomic_write_bytes
+from dermfm.errors import ImageError, IndexStoreError
+from dermfm.io import ImageInput, find_images
+from dermfm.models import DermModel, load_model
+from dermfm.results import SearchHit
+
+KINDS = ("flat", "ivf", "hnsw")
+_PATH_COLUMNS = ("path", "image", "file", "filename", "image_path")
+_CAPTION_COLUMNS = ("caption", "text", "description")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    label TEXT,
+    caption TEXT,
+    added_at TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to index, with optional label and caption."""
+
+    path: Path
+    label: str | None = None
+    caption: str | None = None
+
+
+@dataclass
+class AddReport:
+    """What an add did: how many were added, skipped as already indexed, or failed."""
+
+    added: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[ImageError] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping."""
+        return {
+            "added": self.added,
+            "duplicates": self.duplicates,
+            "errors": [{"source": e.path, "error": e.reason} for e in self.errors],
+        }
+
+
+def read_items(source: str | Path) -> list[Item]:
+    """Items from a folder (images found recursively; label = sub-folder name when nested),
+    a CSV (a path column: path/image/file/filename, optional label and caption/text columns,
+    relative paths resolved against the CSV's folder) or a single image."""
+    source = Path(source)
+    if source.is_dir():
+        return [
+            Item(p, label=p.parent.name if p.parent != source else None)
+            for p in find_images(source)
+        ]
+    if source.suffix.lower() == ".csv" and source.is_file():
+        return _read_csv(source)
+    if source.is_file():
+        return [Item(source)]
+    raise IndexStoreError(f"{source}: not a folder, a CSV file or an image")
+
+
+def _read_csv(path: Path) -> list[Item]:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = {c.lower(): c for c in reader.fieldnames or []}
+        path_col = next((columns[c] for c in _PATH_COLUMNS if c in columns), None)
+        if path_col is None:
+            raise IndexStoreError(
+                f"{path}: no image path column (expected one of {', '.join(_PATH_COLUMNS)})"
+            )
+        label_col = columns.get("label")
+        caption_col = next((columns[c] for c in _CAPTION_COLUMNS if c in columns), None)
+        items = []
+        for row in reader:
+            image = Path(row[path_col])
+            items.append(Item(
+                image if image.is_absolute() else path.parent / image,
+                label=(row.get(label_col) or None) if label_col else None,
+                caption=(row.get(caption_col) or None) if caption_col else None,
+            ))
+    return items
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _faiss_index(kind: str, vectors: np.ndarray, dim: int) -> Any:
+    """A FAISS inner-product index of ``kind`` holding ``vectors`` (row i has id i)."""
+    import faiss
+
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+    elif kind == "ivf" and len(vectors) >= 2:
+        nlist = max(1, min(int(4 * math.sqrt(len(vectors))), len(vectors) // 39 or 1))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = max(1, nlist // 4)
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add(vectors)
+    return index
+
+
+class Index:
+    """A persistent, incrementally growing image index. Open with :meth:`build` or :meth:`open`."""
+
+    def __init__(self, folder: Path, model: DermModel, meta: dict[str, Any]) -> None:
+        self.folder = folder
+        self.model = model
+        self.meta = meta
+        self._db = sqlite3.connect(folder / "items.sqlite")
+        self._db.executescript(_SCHEMA)
+        self._ids: np.ndarray = np.empty(0, dtype=np.int64)
+        self._faiss: Any = None
+        self._trained_size = 0
+        self._sync_faiss()
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def build(
+        cls,
+        folder: str | Path,
+        source: str | Path | Sequence[str | Path],
+        model: DermModel | str | None = None,
+        kind: str = "flat",
+        overwrite: bool = False,
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+    ) -> tuple[Index, AddReport]:
+        """Create an index in ``folder`` from a folder, CSV or list of images.
+
+        Refuses to touch an existing index unless ``overwrite`` is set.
+        """
+        if kind not in KINDS:
+            raise IndexStoreError(f"unknown index kind '{kind}' (choose from {', '.join(KINDS)})")
+        folder = Path(folder)
+        if (folder / "index.json").exists():
+            if not overwrite:
+                raise IndexStoreError(
+                    f"{folder}: an index already exists here; use add to extend it or "
+                    "overwrite=True (--overwrite) to replace it"
+                )
+            for name in ("items.sqlite", "vectors.faiss", "index.json"):
+                (folder / name).unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        loaded = model if isinstance(model, DermModel) else load_model(model)
+        meta = {
+            "format": 1,
+            "model": loaded.name,
+            "model_source": loaded.card.source,
+            "model_key": loaded.cache_key,
+            "embed_dim": loaded.embed_dim,
+            "kind": kind,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        atomic_write_bytes(folder / "index.json", json.dumps(meta, indent=2).encode())
+        index = cls(folder, loaded, meta)
+        report = index.add(source, batch_size=batch_size, show_progress=show_progress)
+        return index, report
+
+    @classmethod
+    def open(cls, folder: str | Path, model: DermModel | str | None = None) -> Index:
+        """Open an existing index; the model defaults to the one that built it."""
+        folder = Path(folder)
+        meta_path = folder / "index.json"
+        if not meta_path.is_file():
+            raise IndexStoreError(f"{folder}: no dermfm index here (index.json missing)")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise IndexStoreError(f"{meta_path}: unreadable index metadata ({exc})") from exc
+        if isinstance(model, DermModel):
+            loaded = model
+        else:
+            loaded = load_model(model or meta.get("model_source") or meta["model"])
+        if loaded.cache_key != meta.get("model_key"):
+            raise IndexStoreError(
+                f"{folder}: built with model '{meta['model']}' ({meta.get('model_key')}); "
+                f"'{loaded.name}' has other weights, so its embeddings would not match"
+            )
+        return cls(folder, loaded, meta)
+
+    # ------------------------------------------------------------------ storage
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _sync_faiss(self) -> None:
+        """Load ``vectors.faiss`` if it matches the stored rows, else rebuild it from SQLite."""
+        import faiss
+
+        ids = np.array([r[0] for r in self._db.execute("SELECT id FROM items ORDER BY id")],
+                       dtype=np.int64)
+        path = self.folder / "vectors.faiss"
+        if path.is_file():
+            try:
+                index = faiss.read_index(str(path))
+                if index.ntotal == len(ids):
+                    self._faiss, self._ids, self._trained_size = index, ids, len(ids)
+                    return
+            except RuntimeError:
+                pass  # unreadable derived file: rebuilt below from the source of truth
+        self._rebuild(ids)
+
+    def _rebuild(self, ids: np.ndarray) -> None:
+        import faiss
+
+        dim = int(self.meta["embed_dim"])
+        rows = self._db.execute("SELECT vector FROM items ORDER BY id").fetchall()
+        vectors = (np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows])
+                   if rows else np.empty((0, dim), dtype=np.float32))
+        self._faiss = _faiss_index(self.meta["kind"], vectors, dim)
+        self._ids = ids
+        self._trained_size = len(ids)
+        atomic_write_bytes(self.folder / "vectors.faiss",
+                           faiss.serialize_index(self._faiss).tobytes())
+
+    # ------------------------------------------------------------------ adding
+    def add(
+        self,
+        source: str | Path | Sequence[str | Path] | Iterable[Item],
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+    ) -> AddReport:
+        """Embed and add images; already indexed files (same content) are skipped."""
+        import faiss
+
+        items = (read_items(source) if isinstance(source, (str, Path)) else
+                 [x if isinstance(x, Item) else Item(Path(x)) for x in source])
+        report = AddReport()
+        todo: list[tuple[Item, str]] = []
+        known = {r[0] for r in self._db.execute("SELECT sha256 FROM items")}
+        for item in items:
+            try:
+                digest = _sha256(item.path)
+            except OSError as exc:
+                report.errors.append(ImageError(item.path, f"cannot read file ({exc.strerror})"))
+                continue
+            if digest in known:
+                report.duplicates.append(str(item.path))
+                continue
+            known.add(digest)
+            todo.append((item, digest))
+        embedded = self.model.embed_images(
+            [i.path for i, _ in todo], batch_size=batch_size, show_progress=show_progress
+        )
+        report.errors.extend(embedded.errors[i] for i in sorted(embedded.errors))
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        vectors = embedded.vectors.numpy().astype(np.float32)
+        rows = [
+            (str(todo[i][0].path), todo[i][1], todo[i][0].label, todo[i][0].caption, now,
+             vectors[r].tobytes())
+            for r, i in enumerate(embedded.ok)
+        ]
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO items (path, sha256, label, caption, added_at, vector) "
+                "VALUES (?, ?, ?, ?, ?, ?)", rows,
+            )
+        report.added = len(rows)
+        if rows:
+            ids = np.array([r[0] for r in self._db.execute("SELECT id FROM items ORDER BY id")],
+                           dtype=np.int64)
+            if self.meta["kind"] == "ivf" and len(ids) >= 2 * max(self._trained_size, 1):
+                self._rebuild(ids)  # retrain the coarse quantiser once the collection doubled
+            else:
+                self._faiss.add(vectors)
+                self._ids = ids
+                atomic_write_bytes(self.folder / "vectors.faiss",
+                                   faiss.serialize_index(self._faiss).tobytes())
+        return report
+
+    # ------------------------------------------------------------------ search
+    def search(self, query: str | ImageInput, k: int = 10) -> list[SearchHit]:
+        """Nearest items to a text query (a ``str`` that is not an existing file) or an image."""
+        if isinstance(query, str) and not Path(query).is_file():
+            return self.search_vector(self.model.encode_texts([query])[0].numpy(), k)
+        embedded = self.model.embed_images([query])
+        if embedded.errors:
+            raise embedded.errors[0]
+        return self.search_vector(embedded.vectors[0].numpy(), k)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10) -> list[SearchHit]:
+        """Nearest items to an L2-normalised embedding, best first."""
+        if len(self._ids) == 0:
+            return []
+        k = min(k, len(self._ids))
+        scores, rows = self._faiss.search(np.asarray(vector, dtype=np.float32)[None, :], k)
+        hits = []
+        for rank, (score, row) in enumerate(zip(scores[0], rows[0], strict=True), start=1):
+            if row < 0:
+                continue
+            item_id = int(self._ids[row])
+            path, label, caption = self._db.execute(
+                "SELECT path, label, caption FROM items WHERE id = ?", (item_id,)
+            ).fetchone()
+            hits.append(SearchHit(rank, item_id, path, float(score), label, caption))
+        return hits

@@ -1,0 +1,202 @@
+"""Zero-shot differential diagnosis with prompt ensembles and ontology roll-up.
+
+The classifier follows open_clip's ``build_zero_shot_classifier``: each class name is put into every
+template, the normalised text embeddings are averaged and re-normalised, and an image's logits are
+its cosine similarities times ``1 / temperature`` (the model's own logit scale by default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from dermfm import cache
+from dermfm._inputs import ModelSpec, as_batch, resolve_model
+from dermfm.io import ImageInput
+from dermfm.knowledge import (
+    LabelSet,
+    Ontology,
+    diagnosis_templates,
+    fill,
+    load_label_set,
+    load_ontology,
+)
+from dermfm.results import Diagnosis, Prediction, RollupEntry
+
+
+def class_text_embeddings(
+    model: ModelSpec, names: Sequence[str], templates: Sequence[str]
+) -> torch.Tensor:
+    """``(len(names), embed_dim)`` prompt-ensemble class embeddings, cached by content."""
+    model = resolve_model(model)
+    key = cache.content_key("zeroshot", model.cache_key, list(names), list(templates))
+    cached = cache.load_tensor("classifiers", key)
+    if cached is not None:
+        return cached
+    prompts = [p for name in names for p in fill(tuple(templates), name)]
+    emb = model.encode_texts(prompts).reshape(len(names), len(templates), -1)
+    weights = torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)
+    cache.save_tensor("classifiers", key, weights)
+    return weights
+
+
+class ZeroShotClassifier:
+    """Differential diagnosis over a label set, scikit-learn style (``predict_proba``).
+
+    Args:
+        model: a loaded :class:`~dermfm.models.DermModel`, a registry name/path, or ``None``.
+        labels: a packaged label-set name (``ham7``, ``pad6``, ``derm7pt``, ``f17k114``,
+            ``dermnet``, ``all``), a file, a list of class names, or a :class:`LabelSet`.
+        templates: a template-set name from the packaged templates file, or a list of templates.
+        temperature: softmax temperature over cosine similarities; ``None`` uses the model's
+            logit scale (``1 / logit_scale``), as CLIP does.
+        ontology: the ontology used for roll-up (packaged one by default).
+    """
+
+    def __init__(
+        self,
+        model: ModelSpec = None,
+        labels: str | Path | Sequence[str] | LabelSet = "all",
+        templates: str | Sequence[str] = "skin8",
+        temperature: float | None = None,
+        ontology: Ontology | None = None,
+    ) -> None:
+        if temperature is not None and temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.model = resolve_model(model)
+        self.ontology = ontology or load_ontology()
+        self.label_set = load_label_set(labels, self.ontology)
+        self.templates = (
+            diagnosis_templates(templates) if isinstance(templates, str) else tuple(templates)
+        )
+        self.temperature = temperature if temperature is not None else 1.0 / self.model.logit_scale
+        self._weights: torch.Tensor | None = None
+        self._rollup_nodes, self._rollup_matrix = self._build_rollup()
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """``(n_classes, embed_dim)`` class embeddings (built on first use, then cached)."""
+        if self._weights is None:
+            self._weights = class_text_embeddings(
+                self.model, self.label_set.names, self.templates
+            )
+        return self._weights
+
+    def _build_rollup(self) -> tuple[list[str], torch.Tensor]:
+        """Ancestor ids and the ``(n_ancestors, n_classes)`` 0/1 membership matrix."""
+        nodes: list[str] = []
+        position: dict[str, int] = {}
+        pairs: list[tuple[int, int]] = []
+        for c, cls in enumerate(self.label_set.classes):
+            if cls.node is None:
+                continue
+            for anc in self.ontology.ancestors(cls.node):
+                if anc.id not in position:
+                    position[anc.id] = len(nodes)
+                    nodes.append(anc.id)
+                pairs.append((position[anc.id], c))
+        matrix = torch.zeros(len(nodes), len(self.label_set))
+        for row, col in pairs:
+            matrix[row, col] = 1.0
+        return nodes, matrix
+
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(N, n_classes)`` cosine similarities divided by the temperature."""
+        return embeddings.float() @ self.weights.T / self.temperature
+
+    def predict_proba(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(N, n_classes)`` uncalibrated softmax probabilities from image embeddings."""
+        return self.logits(embeddings).softmax(dim=-1)
+
+    def _class_attribute(self, attribute: str) -> list[str]:
+        out = []
+        for cls in self.label_set.classes:
+            node = self.ontology[cls.node] if cls.node else None
+            value = getattr(node, attribute, None) if node else None
+            out.append(value or ("unknown" if node is None else "uncertain"))
+        return out
+
+    def _summarise(self, source: str, probs: torch.Tensor, top_k: int) -> Diagnosis:
+        classes = self.label_set.classes
+        order = torch.argsort(probs, descending=True).tolist()
+        predictions = [
+            Prediction(classes[i].label, classes[i].name, classes[i].node, float(probs[i]))
+            for i in order[: max(1, top_k)]
+        ]
+        mass = (self._rollup_matrix @ probs).tolist()
+        rollup = sorted(
+            (
+                RollupEntry(n, self.ontology[n].name, self.ontology.depth(n), float(p))
+                for n, p in zip(self._rollup_nodes, mass, strict=True)
+            ),
+            key=lambda r: (r.depth, -r.probability),
+        )
+        groups: dict[str, dict[str, float]] = {"malignancy": {}, "urgency": {}}
+        for attribute, totals in groups.items():
+            for value, p in zip(self._class_attribute(attribute), probs.tolist(), strict=True):
+                totals[value] = totals.get(value, 0.0) + p
+        n = len(classes)
+        entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum())
+        entropy = entropy / math.log(n) if n > 1 else 0.0
+        top2 = probs[order[:2]].tolist()
+        return Diagnosis(
+            source=source,
+            model=self.model.name,
+            label_set=self.label_set.name,
+            predictions=predictions,
+            rollup=rollup,
+            malignancy=dict(sorted(groups["malignancy"].items(), key=lambda kv: -kv[1])),
+            urgency=dict(sorted(groups["urgency"].items(), key=lambda kv: -kv[1])),
+            entropy=entropy,
+            margin=float(top2[0] - top2[1]) if len(top2) == 2 else 1.0,
+            temperature=self.temperature,
+        )
+
+    def diagnose(
+        self,
+        images: Sequence[ImageInput],
+        top_k: int = 5,
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+    ) -> list[Diagnosis]:
+        """One :class:`Diagnosis` per input, in order; unreadable inputs carry ``error``."""
+        embedded = self.model.embed_images(
+            images, batch_size=batch_size, show_progress=show_progress
+        )
+        probs = self.predict_proba(embedded.vectors) if embedded.ok else None
+        row = {i: r for r, i in enumerate(embedded.ok)}
+        results = []
+        for i, source in enumerate(embedded.sources):
+            if i in embedded.errors:
+                results.append(
+                    Diagnosis(source, self.model.name, self.label_set.name,
+                              error=embedded.errors[i].reason)
+                )
+            else:
+                results.append(self._summarise(source, probs[row[i]], top_k))
+        return results
+
+
+def diagnose(
+    images: ImageInput | Sequence[ImageInput],
+    model: ModelSpec = None,
+    labels: str | Path | Sequence[str] | LabelSet = "all",
+    top_k: int = 5,
+    templates: str | Sequence[str] = "skin8",
+    temperature: float | None = None,
+    batch_size: int = 32,
+    show_progress: bool | None = None,
+) -> Diagnosis | list[Diagnosis]:
+    """Zero-shot differential diagnosis in one call.
+
+    Returns one :class:`Diagnosis` for a single image, or a list for a sequence of images (failed
+    inputs keep their place, with ``error`` set). Probabilities are uncalibrated softmax scores
+    over the label set; ``rollup`` sums them up the ontology (e.g. malignant vs benign).
+    """
+    batch, single = as_batch(images)
+    clf = ZeroShotClassifier(model, labels, templates, temperature)
+    results = clf.diagnose(batch, top_k=top_k, batch_size=batch_size, show_progress=show_progress)
+    return results[0] if single else results

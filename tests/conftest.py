@@ -1,0 +1,155 @@
+"""Shared fixtures: tiny real models (random weights, built here, loaded through dermfm's real
+loading code), real images from ../shared/data, generated image files."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Caches go to a temporary folder; the Hub is never contacted by tests."""
+    os.environ["DERMFM_CACHE"] = str(tmp_path_factory.mktemp("dermfm-cache"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real dermatology data folder; tests needing it skip when it is absent."""
+    if not (SHARED / "README.md").is_file():
+        pytest.skip(f"real data not available at {SHARED}")
+    return SHARED
+
+
+def _rows(folder: Path, n: int, label_filter: set[str] | None = None) -> list[dict[str, str]]:
+    with (folder / "labels.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if not label_filter or r["label"] in label_filter]
+    return rows[:: max(1, len(rows) // n)][:n]
+
+
+@pytest.fixture(scope="session")
+def real_images(shared_data: Path) -> list[tuple[Path, str]]:
+    """A small spread of real images: HAM10000 and Derm7pt dermoscopy, DermNet clinical photos."""
+    picked = []
+    for name, n in (("ham10000", 8), ("derm7pt", 4), ("dermnet_nz", 6)):
+        for row in _rows(shared_data / name, n):
+            picked.append((shared_data / name / row["file"], row["label"]))
+    return picked
+
+
+def save_open_clip_folder(folder: Path, image_size: int = 64, seed: int = 0) -> Path:
+    """A tiny open_clip CLIP (random weights) in the hf-hub folder layout open_clip loads."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    model_cfg = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "patch_size": 16,
+                       "head_width": 32},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
+                     "layers": 2},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
+                           "std": [0.26862954, 0.26130258, 0.27577711]},
+    }))
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_cfg)
+    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny random-weight open_clip model."""
+    return save_open_clip_folder(tmp_path_factory.mktemp("tiny-open-clip") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_transformers_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny random-weight transformers CLIPModel with a real CLIP BPE tokenizer."""
+    import torch
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
+
+    folder = tmp_path_factory.mktemp("tiny-hf-clip")
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in lines]
+    vocab = list(bytes_to_unicode().values())
+    vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n"
+    )
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 64},
+                                           crop_size={"height": 64, "width": 64}),
+        tokenizer=tokenizer,
+    )
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 64, "intermediate_size": 128,
+                     "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "max_position_embeddings": 77, "eos_token_id": tokenizer.eos_token_id,
+                     "bos_token_id": tokenizer.bos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def oc_model(tiny_open_clip: Path):
+    """The tiny open_clip model loaded through dermfm."""
+    import dermfm
+
+    return dermfm.load_model(tiny_open_clip)
+
+
+@pytest.fixture
+def image_files(tmp_path: Path) -> dict[str, Path]:
+    """Generated image files of several formats plus broken inputs (never copied data)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8))
+    files: dict[str, Path] = {}
+    for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("TIFF", "tif"),
+                        ("BMP", "bmp")):
+        path = tmp_path / f"image.{suffix}"
+        rgb.save(path, format=fmt)
+        files[suffix] = path
+    files["empty"] = tmp_path / "empty.jpg"
+    files["empty"].write_bytes(b"")
+    files["text"] = tmp_path / "notes.png"
+    files["text"].write_text("this is not an image")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(files["jpg"].read_bytes()[:400])
+    files["truncated"] = truncated
+    files["missing"] = tmp_path / "does-not-exist.jpg"
+    return files
