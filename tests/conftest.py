@@ -54,17 +54,33 @@ def save_open_clip_folder(folder: Path, image_size: int = 64, seed: int = 0) -> 
 
     model_cfg = {
         "embed_dim": 32,
-        "vision_cfg": {"image_size": image_size, "layers": 2, "width": 64, "patch_size": 16,
-                       "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2,
-                     "layers": 2},
+        "vision_cfg": {
+            "image_size": image_size,
+            "layers": 2,
+            "width": 64,
+            "patch_size": 16,
+            "head_width": 32,
+        },
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": 64,
+            "heads": 2,
+            "layers": 2,
+        },
     }
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": model_cfg,
-        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
-                           "std": [0.26862954, 0.26130258, 0.27577711]},
-    }))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps(
+            {
+                "model_cfg": model_cfg,
+                "preprocess_cfg": {
+                    "mean": [0.48145466, 0.4578275, 0.40821073],
+                    "std": [0.26862954, 0.26130258, 0.27577711],
+                },
+            }
+        )
+    )
     torch.manual_seed(seed)
     model = open_clip.CLIP(**model_cfg)
     save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
@@ -91,7 +107,8 @@ def tiny_transformers_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
     folder = tmp_path_factory.mktemp("tiny-hf-clip")
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    with gzip.open(default_bpe()) as fh:
+        lines = fh.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(m.split()) for m in lines]
     vocab = list(bytes_to_unicode().values())
     vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
@@ -102,18 +119,31 @@ def tiny_transformers_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 64},
-                                           crop_size={"height": 64, "width": 64}),
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}
+        ),
         tokenizer=tokenizer,
     )
     config = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 64, "intermediate_size": 128,
-                     "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "max_position_embeddings": 77, "eos_token_id": tokenizer.eos_token_id,
-                     "bos_token_id": tokenizer.bos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 64, "patch_size": 16},
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 64,
+            "patch_size": 16,
+        },
         projection_dim=32,
     )
     torch.manual_seed(0)
@@ -139,8 +169,13 @@ def image_files(tmp_path: Path) -> dict[str, Path]:
     rng = np.random.default_rng(1)
     rgb = Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8))
     files: dict[str, Path] = {}
-    for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"), ("TIFF", "tif"),
-                        ("BMP", "bmp")):
+    for fmt, suffix in (
+        ("JPEG", "jpg"),
+        ("PNG", "png"),
+        ("WEBP", "webp"),
+        ("TIFF", "tif"),
+        ("BMP", "bmp"),
+    ):
         path = tmp_path / f"image.{suffix}"
         rgb.save(path, format=fmt)
         files[suffix] = path

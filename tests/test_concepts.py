@@ -35,6 +35,7 @@ MONET_TEMPERATURE = 1 / math.exp(4.5944)
 
 def _monet_direct(model, tokenizer, image_features: np.ndarray, terms: list[str]) -> np.ndarray:
     """MONET's calculate_concept_presence_score, written out with numpy."""
+
     def embed(texts: list[str]) -> np.ndarray:
         with torch.no_grad():
             e = model.encode_text(tokenizer(texts)).numpy().astype(np.float64)
@@ -58,9 +59,13 @@ def test_scores_equal_the_monet_formula(tiny_open_clip: Path, oc_model, real_ima
     tokenizer = open_clip.get_tokenizer(spec)
     paths = [p for p, _ in real_images if "derm7pt" not in str(p)][:6]
     with torch.no_grad():
-        feats = ref_model.encode_image(
-            torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths])
-        ).numpy().astype(np.float64)
+        feats = (
+            ref_model.encode_image(
+                torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths])
+            )
+            .numpy()
+            .astype(np.float64)
+        )
     feats /= np.linalg.norm(feats, axis=-1, keepdims=True)
 
     annotator = ConceptAnnotator(oc_model, ["papule", "scale", "blue_whitish_veil", "hair"])
@@ -91,7 +96,8 @@ def test_select_by_group_and_reject_unknown(oc_model) -> None:
 
 
 def test_failed_inputs_keep_their_place(oc_model, real_images, image_files) -> None:
-    results = dermfm.annotate_concepts([image_files["text"], real_images[2][0]], model=oc_model,
-                                       concepts=["artifact"])
+    results = dermfm.annotate_concepts(
+        [image_files["text"], real_images[2][0]], model=oc_model, concepts=["artifact"]
+    )
     assert results[0].error == "not a recognised image format" and not results[0].scores
     assert results[1].ok and {s.group for s in results[1].scores} == {"artifact"}

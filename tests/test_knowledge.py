@@ -31,7 +31,10 @@ def test_ontology_has_three_levels_and_required_fields() -> None:
     for node_id in ("melanoma", "atopic_dermatitis", "tinea_corporis"):
         assert onto.depth(node_id) >= 3
     assert [n.id for n in onto.ancestors("melanoma")][-3:] == [
-        "malignant_neoplasm", "neoplastic", "skin_condition"]
+        "malignant_neoplasm",
+        "neoplastic",
+        "skin_condition",
+    ]
     for node in onto.conditions():
         assert node.name and node.description and node.malignancy and node.urgency, node.id
         if node.malignancy == "malignant":
@@ -50,14 +53,16 @@ def test_label_sets_cover_the_real_datasets(shared_data: Path) -> None:
     ham = load_label_set("ham7")
     assert set(_labels(shared_data / "ham10000" / "labels.csv")) == set(ham.labels)
     assert set(_labels(shared_data / "derm7pt" / "labels.csv")) == set(
-        load_label_set("derm7pt").labels)
+        load_label_set("derm7pt").labels
+    )
     counts = collections.Counter(_labels(shared_data / "dermnet_nz" / "labels.csv"))
     frequent = {topic for topic, n in counts.items() if n >= 20}
     assert frequent <= set(load_label_set("dermnet").labels)
     onto = load_ontology()
     mapped = set(load_label_set("dermnet").labels)
-    unresolved = [t for t, n in counts.items()
-                  if n >= 10 and onto.lookup(t) is None and t not in mapped]
+    unresolved = [
+        t for t, n in counts.items() if n >= 10 and onto.lookup(t) is None and t not in mapped
+    ]
     assert not unresolved
     bench = json.loads((shared_data / "vocab" / "derm1m_benchmark_classnames.json").read_text())
     assert load_label_set("f17k114").labels == bench["F17K_DISEASE_113_CLASSES"]
@@ -79,7 +84,8 @@ def test_concept_vocabulary_matches_skincon_and_derm7pt(shared_data: Path) -> No
     vocab = load_concepts()
     skincon = (shared_data / "vocab" / "skincon_48_concepts.txt").read_text().splitlines()
     assert sorted(c.skincon_name for c in vocab if c.skincon_name) == sorted(
-        s for s in skincon if s)
+        s for s in skincon if s
+    )
     with (shared_data / "derm7pt" / "labels.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     derm7pt = [c for c in vocab if c.derm7pt]
@@ -87,12 +93,12 @@ def test_concept_vocabulary_matches_skincon_and_derm7pt(shared_data: Path) -> No
     for concept in derm7pt:
         values = {r[concept.derm7pt["column"]] for r in rows}
         assert set(concept.derm7pt["positive"]) <= values, concept.id
-    assert {"hair", "purple_pen", "dermoscope_border"} <= {c.id for c in vocab
-                                                           if c.group == "artifact"}
+    assert {"hair", "purple_pen", "dermoscope_border"} <= {
+        c.id for c in vocab if c.group == "artifact"
+    }
     terms = json.loads((shared_data / "vocab" / "concept_terms.json").read_text())
     phrases = {s.lower() for c in vocab for s in c.synonyms} | {c.name.lower() for c in vocab}
-    assert all(key in phrases or key.replace(" ", "_") in {c.id for c in vocab}
-               for key in terms)
+    assert all(key in phrases or key.replace(" ", "_") in {c.id for c in vocab} for key in terms)
 
 
 def test_monet_protocol_is_packaged() -> None:
@@ -126,12 +132,20 @@ def test_users_extend_the_ontology_and_label_sets_with_their_own_files(tmp_path:
     [
         ("nodes: [", "not valid YAML"),
         ("schema_version: 9\nnodes: []", "schema_version 9"),
-        ("nodes:\n  - {id: x, name: x, parent: no_such_parent, malignancy: benign, "
-         "urgency: routine}", "parent 'no_such_parent' is not defined"),
-        ("nodes:\n  - {id: melanoma, name: m, parent: skin_condition, malignancy: benign, "
-         "urgency: routine}", "already defined"),
-        ("nodes:\n  - {id: y, name: y, parent: skin_condition, urgency: routine}",
-         "missing required field 'malignancy'"),
+        (
+            "nodes:\n  - {id: x, name: x, parent: no_such_parent, malignancy: benign, "
+            "urgency: routine}",
+            "parent 'no_such_parent' is not defined",
+        ),
+        (
+            "nodes:\n  - {id: melanoma, name: m, parent: skin_condition, malignancy: benign, "
+            "urgency: routine}",
+            "already defined",
+        ),
+        (
+            "nodes:\n  - {id: y, name: y, parent: skin_condition, urgency: routine}",
+            "missing required field 'malignancy'",
+        ),
     ],
 )
 def test_bad_knowledge_files_name_the_file_and_the_problem(

@@ -32,8 +32,9 @@ PUBLISHED = {
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE",)}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=full_env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120
+    )
 
 
 def test_registry_lists_every_published_model_with_licence_and_location() -> None:
@@ -53,8 +54,9 @@ def test_open_clip_folder_loads_and_embeds(oc_model: dermfm.DermModel) -> None:
     assert torch.allclose(texts.norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
-def test_architecture_plus_checkpoint_equals_folder(tiny_open_clip: Path, tmp_path: Path,
-                                                    oc_model: dermfm.DermModel) -> None:
+def test_architecture_plus_checkpoint_equals_folder(
+    tiny_open_clip: Path, tmp_path: Path, oc_model: dermfm.DermModel
+) -> None:
     import open_clip
     from safetensors.torch import load_file
 
@@ -143,9 +145,24 @@ def test_hub_id_and_registry_extension_load_from_local_hub_cache(
         "print(a.embed_dim, b.card.licence, b.cache_key.endswith('" + commit + "'))\n"
         "print([m.location for m in dermfm.list_models() if m.name == 'my-derm'][0])\n"
     )
-    result = _run(code, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1",
-                  DERMFM_REGISTRY=str(registry))
+    result = _run(
+        code, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", DERMFM_REGISTRY=str(registry)
+    )
     assert result.returncode == 0, result.stderr
     first, second = result.stdout.strip().splitlines()
     assert first == "32 CC0 True"
     assert second.endswith(commit)
+
+
+def test_bf16_precision_is_close_to_fp32_and_keyed_separately(
+    tiny_open_clip: Path, oc_model
+) -> None:
+    fast = dermfm.load_model(tiny_open_clip, precision="bf16")
+    texts = ["melanoma", "psoriasis", "a skin image of tinea corporis"]
+    cos = (fast.encode_texts(texts) * oc_model.encode_texts(texts)).sum(dim=-1)
+    assert bool((cos > 0.99).all())
+    assert fast.cache_key == oc_model.cache_key + ":bf16"
+    with pytest.raises(ValueError, match="reload"):
+        fast.set_precision("fp32")
+    with pytest.raises(ValueError, match="precision"):
+        dermfm.load_model(tiny_open_clip, precision="fp16")

@@ -1,4 +1,4 @@
-"""Zero-shot diagnosis: parity with direct open_clip / transformers computations, roll-up, batches."""
+"""Zero-shot diagnosis: parity with direct open_clip and transformers computations, roll-up."""
 
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ def _small_real_images(real_images: list[tuple[Path, str]]) -> list[Path]:
     return [p for p, _ in real_images if "derm7pt" not in str(p)]
 
 
-def test_probabilities_equal_direct_open_clip(tiny_open_clip: Path, oc_model,
-                                              real_images: list[tuple[Path, str]]) -> None:
+def test_probabilities_equal_direct_open_clip(
+    tiny_open_clip: Path, oc_model, real_images: list[tuple[Path, str]]
+) -> None:
     import open_clip
 
     spec = f"local-dir:{tiny_open_clip}"
@@ -45,8 +46,13 @@ def test_probabilities_equal_direct_open_clip(tiny_open_clip: Path, oc_model,
     names = dermfm.load_label_set("ham7").names
     with torch.no_grad():
         weights = open_clip.build_zero_shot_classifier(
-            ref_model, tokenizer, names, [lambda c, t=t: t.format(c) for t in SKIN8],
-            num_classes_per_batch=3, device="cpu", use_tqdm=False,
+            ref_model,
+            tokenizer,
+            names,
+            [lambda c, t=t: t.format(c) for t in SKIN8],
+            num_classes_per_batch=3,
+            device="cpu",
+            use_tqdm=False,
         )
         paths = _small_real_images(real_images)
         pixels = torch.stack([ref_preprocess(Image.open(p).convert("RGB")) for p in paths])
@@ -60,8 +66,9 @@ def test_probabilities_equal_direct_open_clip(tiny_open_clip: Path, oc_model,
             assert got[name] == pytest.approx(prob, abs=1e-5)
 
 
-def test_probabilities_equal_direct_transformers(tiny_transformers_clip: Path,
-                                                 real_images: list[tuple[Path, str]]) -> None:
+def test_probabilities_equal_direct_transformers(
+    tiny_transformers_clip: Path, real_images: list[tuple[Path, str]]
+) -> None:
     from transformers import AutoModel, AutoProcessor
 
     model = AutoModel.from_pretrained(tiny_transformers_clip).eval()
@@ -71,16 +78,19 @@ def test_probabilities_equal_direct_transformers(tiny_transformers_clip: Path,
     with torch.no_grad():
         class_rows = []
         for name in names:
-            inputs = processor(text=[t.format(name) for t in SKIN8], padding=True,
-                               return_tensors="pt")
+            inputs = processor(
+                text=[t.format(name) for t in SKIN8], padding=True, return_tensors="pt"
+            )
             emb = model.get_text_features(**inputs).pooler_output
             emb = torch.nn.functional.normalize(emb, dim=-1).mean(dim=0)
             class_rows.append(torch.nn.functional.normalize(emb, dim=0))
         weights = torch.stack(class_rows)
-        pixels = processor(images=[Image.open(p).convert("RGB") for p in paths],
-                           return_tensors="pt")["pixel_values"]
+        pixels = processor(
+            images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt"
+        )["pixel_values"]
         feats = torch.nn.functional.normalize(
-            model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+            model.get_image_features(pixel_values=pixels).pooler_output, dim=-1
+        )
         expected = (model.logit_scale.exp() * feats @ weights.T).softmax(dim=-1)
 
     loaded = dermfm.load_model(tiny_transformers_clip)
@@ -100,11 +110,15 @@ def test_rollup_sums_class_probabilities_up_the_ontology(oc_model) -> None:
         by_node = {r.node: r.probability for r in result.rollup}
         p = {c.node: float(v) for c, v in zip(clf.label_set.classes, row, strict=True)}
         assert by_node["skin_condition"] == pytest.approx(1.0, abs=1e-5)
-        malignant = sum(v for node, v in p.items()
-                        if any(a.id == "malignant_neoplasm" for a in onto.ancestors(node)))
+        malignant = sum(
+            v
+            for node, v in p.items()
+            if any(a.id == "malignant_neoplasm" for a in onto.ancestors(node))
+        )
         assert by_node["malignant_neoplasm"] == pytest.approx(malignant, abs=1e-6)
-        assert by_node["malignant_neoplasm"] == pytest.approx(p["melanoma"]
-                                                              + p["basal_cell_carcinoma"])
+        assert by_node["malignant_neoplasm"] == pytest.approx(
+            p["melanoma"] + p["basal_cell_carcinoma"]
+        )
         assert sum(result.malignancy.values()) == pytest.approx(1.0, abs=1e-5)
         assert result.malignancy["malignant"] == pytest.approx(by_node["malignant_neoplasm"])
         assert 0.0 <= result.entropy <= 1.0
@@ -121,8 +135,12 @@ def test_temperature_sharpens_and_flattens(oc_model) -> None:
 
 
 def test_batches_keep_order_and_report_failures(oc_model, real_images, image_files) -> None:
-    inputs = [real_images[0][0], image_files["truncated"], real_images[1][0],
-              image_files["missing"]]
+    inputs = [
+        real_images[0][0],
+        image_files["truncated"],
+        real_images[1][0],
+        image_files["missing"],
+    ]
     results = dermfm.diagnose(inputs, model=oc_model, labels="pad6")
     assert [r.source for r in results] == [str(p) for p in inputs]
     assert [r.ok for r in results] == [True, False, True, False]
@@ -146,8 +164,9 @@ def test_class_embeddings_are_cached_by_content(oc_model) -> None:
     from dermfm import cache
 
     first = ZeroShotClassifier(oc_model, labels="derm7pt").weights
-    key = cache.content_key("zeroshot", oc_model.cache_key,
-                            dermfm.load_label_set("derm7pt").names, SKIN8)
+    key = cache.content_key(
+        "zeroshot", oc_model.cache_key, dermfm.load_label_set("derm7pt").names, SKIN8
+    )
     assert torch.equal(cache.load_tensor("classifiers", key), first)
     assert torch.equal(ZeroShotClassifier(oc_model, labels="derm7pt").weights, first)
 

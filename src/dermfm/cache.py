@@ -59,5 +59,6 @@ def save_tensor(kind: str, key: str, value: torch.Tensor) -> None:
     from safetensors.torch import save
 
     with contextlib.suppress(OSError):
-        atomic_write_bytes(cache_dir(kind) / f"{key}.safetensors",
-                           save({"value": value.contiguous().cpu()}))
+        atomic_write_bytes(
+            cache_dir(kind) / f"{key}.safetensors", save({"value": value.contiguous().cpu()})
+        )

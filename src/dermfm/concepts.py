@@ -18,16 +18,16 @@ from dermfm import cache
 from dermfm._inputs import ModelSpec, as_batch, resolve_model
 from dermfm.io import ImageInput
 from dermfm.knowledge import ConceptProtocol, ConceptVocabulary, concept_protocol, load_concepts
+from dermfm.models import DermModel
 from dermfm.results import ConceptAnnotation, ConceptScore
 
 
-def _prompt_embeddings(
-    model_key: str, model: ModelSpec, prompts: list[str], kind: str
-) -> torch.Tensor:
-    key = cache.content_key(kind, model_key, prompts)
+def _prompt_embeddings(model: DermModel, prompts: list[str]) -> torch.Tensor:
+    """Normalised embeddings of ``prompts``, cached by model and prompt text."""
+    key = cache.content_key("concept-prompts", model.cache_key, prompts)
     cached = cache.load_tensor("concepts", key)
     if cached is None:
-        cached = resolve_model(model).encode_texts(prompts)
+        cached = model.encode_texts(prompts)
         cache.save_tensor("concepts", key, cached)
     return cached
 
@@ -76,19 +76,22 @@ class ConceptAnnotator:
         the similarity to the mean of their normalised embeddings.
         """
         if self._targets is None or self._reference is None:
-            key = self.model.cache_key
             targets = []
             for concept in self.vocabulary:
-                prompts = [t.replace("{}", s) for t in self.protocol.targets
-                           for s in concept.synonyms]
-                emb = _prompt_embeddings(key, self.model, prompts, "concept-target")
-                targets.append(emb.reshape(len(self.protocol.targets), len(concept.synonyms), -1)
-                               .mean(dim=1))
+                prompts = [
+                    t.replace("{}", s) for t in self.protocol.targets for s in concept.synonyms
+                ]
+                emb = _prompt_embeddings(self.model, prompts)
+                targets.append(
+                    emb.reshape(len(self.protocol.targets), len(concept.synonyms), -1).mean(dim=1)
+                )
             self._targets = torch.stack(targets)
-            self._reference = torch.stack([
-                _prompt_embeddings(key, self.model, list(refs), "concept-reference").mean(dim=0)
-                for refs in self.protocol.references
-            ])
+            self._reference = torch.stack(
+                [
+                    _prompt_embeddings(self.model, list(refs)).mean(dim=0)
+                    for refs in self.protocol.references
+                ]
+            )
         return self._targets, self._reference
 
     def scores(self, embeddings: torch.Tensor) -> torch.Tensor:

@@ -104,11 +104,13 @@ def _read_csv(path: Path) -> list[Item]:
         items = []
         for row in reader:
             image = Path(row[path_col])
-            items.append(Item(
-                image if image.is_absolute() else path.parent / image,
-                label=(row.get(label_col) or None) if label_col else None,
-                caption=(row.get(caption_col) or None) if caption_col else None,
-            ))
+            items.append(
+                Item(
+                    image if image.is_absolute() else path.parent / image,
+                    label=(row.get(label_col) or None) if label_col else None,
+                    caption=(row.get(caption_col) or None) if caption_col else None,
+                )
+            )
     return items
 
 
@@ -186,8 +188,10 @@ class Index:
             "format": 1,
             "model": loaded.name,
             "model_source": loaded.card.source,
+            "checkpoint": loaded.card.checkpoint or None,
             "model_key": loaded.cache_key,
             "embed_dim": loaded.embed_dim,
+            "precision": loaded.precision,
             "kind": kind,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -210,7 +214,11 @@ class Index:
         if isinstance(model, DermModel):
             loaded = model
         else:
-            loaded = load_model(model or meta.get("model_source") or meta["model"])
+            loaded = load_model(
+                model or meta["model"],
+                checkpoint=None if model else meta.get("checkpoint"),
+                precision=meta.get("precision", "fp32"),
+            )
         if loaded.cache_key != meta.get("model_key"):
             raise IndexStoreError(
                 f"{folder}: built with model '{meta['model']}' ({meta.get('model_key')}); "
@@ -236,8 +244,9 @@ class Index:
         """Load ``vectors.faiss`` if it matches the stored rows, else rebuild it from SQLite."""
         import faiss
 
-        ids = np.array([r[0] for r in self._db.execute("SELECT id FROM items ORDER BY id")],
-                       dtype=np.int64)
+        ids = np.array(
+            [r[0] for r in self._db.execute("SELECT id FROM items ORDER BY id")], dtype=np.int64
+        )
         path = self.folder / "vectors.faiss"
         if path.is_file():
             try:
@@ -254,13 +263,17 @@ class Index:
 
         dim = int(self.meta["embed_dim"])
         rows = self._db.execute("SELECT vector FROM items ORDER BY id").fetchall()
-        vectors = (np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows])
-                   if rows else np.empty((0, dim), dtype=np.float32))
+        vectors = (
+            np.stack([np.frombuffer(r[0], dtype=np.float32) for r in rows])
+            if rows
+            else np.empty((0, dim), dtype=np.float32)
+        )
         self._faiss = _faiss_index(self.meta["kind"], vectors, dim)
         self._ids = ids
         self._trained_size = len(ids)
-        atomic_write_bytes(self.folder / "vectors.faiss",
-                           faiss.serialize_index(self._faiss).tobytes())
+        atomic_write_bytes(
+            self.folder / "vectors.faiss", faiss.serialize_index(self._faiss).tobytes()
+        )
 
     # ------------------------------------------------------------------ adding
     def add(
@@ -272,8 +285,11 @@ class Index:
         """Embed and add images; already indexed files (same content) are skipped."""
         import faiss
 
-        items = (read_items(source) if isinstance(source, (str, Path)) else
-                 [x if isinstance(x, Item) else Item(Path(x)) for x in source])
+        items = (
+            read_items(source)
+            if isinstance(source, (str, Path))
+            else [x if isinstance(x, Item) else Item(Path(x)) for x in source]
+        )
         report = AddReport()
         todo: list[tuple[Item, str]] = []
         known = {r[0] for r in self._db.execute("SELECT sha256 FROM items")}
@@ -295,34 +311,51 @@ class Index:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         vectors = embedded.vectors.numpy().astype(np.float32)
         rows = [
-            (str(todo[i][0].path), todo[i][1], todo[i][0].label, todo[i][0].caption, now,
-             vectors[r].tobytes())
+            (
+                str(todo[i][0].path),
+                todo[i][1],
+                todo[i][0].label,
+                todo[i][0].caption,
+                now,
+                vectors[r].tobytes(),
+            )
             for r, i in enumerate(embedded.ok)
         ]
         with self._db:
             self._db.executemany(
                 "INSERT INTO items (path, sha256, label, caption, added_at, vector) "
-                "VALUES (?, ?, ?, ?, ?, ?)", rows,
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
             )
         report.added = len(rows)
         if rows:
-            ids = np.array([r[0] for r in self._db.execute("SELECT id FROM items ORDER BY id")],
-                           dtype=np.int64)
+            ids = np.array(
+                [r[0] for r in self._db.execute("SELECT id FROM items ORDER BY id")], dtype=np.int64
+            )
             if self.meta["kind"] == "ivf" and len(ids) >= 2 * max(self._trained_size, 1):
                 self._rebuild(ids)  # retrain the coarse quantiser once the collection doubled
             else:
                 self._faiss.add(vectors)
                 self._ids = ids
-                atomic_write_bytes(self.folder / "vectors.faiss",
-                                   faiss.serialize_index(self._faiss).tobytes())
+                atomic_write_bytes(
+                    self.folder / "vectors.faiss", faiss.serialize_index(self._faiss).tobytes()
+                )
         return report
 
     # ------------------------------------------------------------------ search
     def search(self, query: str | ImageInput, k: int = 10) -> list[SearchHit]:
         """Nearest items to a text query (a ``str`` that is not an existing file) or an image."""
         if isinstance(query, str) and not Path(query).is_file():
-            return self.search_vector(self.model.encode_texts([query])[0].numpy(), k)
-        embedded = self.model.embed_images([query])
+            return self.search_text(query, k)
+        return self.search_image(query, k)
+
+    def search_text(self, text: str, k: int = 10) -> list[SearchHit]:
+        """Nearest items to a text query."""
+        return self.search_vector(self.model.encode_texts([text])[0].numpy(), k)
+
+    def search_image(self, image: ImageInput, k: int = 10) -> list[SearchHit]:
+        """Nearest items to a query image; an unreadable image raises :class:`ImageError`."""
+        embedded = self.model.embed_images([image])
         if embedded.errors:
             raise embedded.errors[0]
         return self.search_vector(embedded.vectors[0].numpy(), k)

@@ -80,9 +80,7 @@ class ZeroShotClassifier:
     def weights(self) -> torch.Tensor:
         """``(n_classes, embed_dim)`` class embeddings (built on first use, then cached)."""
         if self._weights is None:
-            self._weights = class_text_embeddings(
-                self.model, self.label_set.names, self.templates
-            )
+            self._weights = class_text_embeddings(self.model, self.label_set.names, self.templates)
         return self._weights
 
     def _build_rollup(self) -> tuple[list[str], torch.Tensor]:
@@ -112,12 +110,10 @@ class ZeroShotClassifier:
         return self.logits(embeddings).softmax(dim=-1)
 
     def _class_attribute(self, attribute: str) -> list[str]:
-        out = []
-        for cls in self.label_set.classes:
-            node = self.ontology[cls.node] if cls.node else None
-            value = getattr(node, attribute, None) if node else None
-            out.append(value or ("unknown" if node is None else "uncertain"))
-        return out
+        return [
+            self.ontology.attribute(c.node, attribute) if c.node else "unknown"
+            for c in self.label_set.classes
+        ]
 
     def _summarise(self, source: str, probs: torch.Tensor, top_k: int) -> Diagnosis:
         classes = self.label_set.classes
@@ -172,8 +168,12 @@ class ZeroShotClassifier:
         for i, source in enumerate(embedded.sources):
             if i in embedded.errors:
                 results.append(
-                    Diagnosis(source, self.model.name, self.label_set.name,
-                              error=embedded.errors[i].reason)
+                    Diagnosis(
+                        source,
+                        self.model.name,
+                        self.label_set.name,
+                        error=embedded.errors[i].reason,
+                    )
                 )
             else:
                 results.append(self._summarise(source, probs[row[i]], top_k))

@@ -180,6 +180,15 @@ class Ontology:
             yield child
             yield from self.descendants(child.id)
 
+    def attribute(self, node_id: str, name: str) -> str:
+        """A node's ``malignancy`` or ``urgency``; a category without one takes the value its
+        conditions share, or ``mixed`` when they differ."""
+        own = getattr(self[node_id], name)
+        if own:
+            return own
+        values = {getattr(n, name) for n in self.descendants(node_id) if n.kind == "condition"}
+        return values.pop() if len(values) == 1 else "mixed"
+
     def conditions(self) -> list[Node]:
         """Every node of kind ``condition``, in file order."""
         return [n for n in self.nodes.values() if n.kind == "condition"]

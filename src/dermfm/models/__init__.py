@@ -117,8 +117,9 @@ def _load_folder(folder: Path, label: str, device: str) -> DermModel:
         card = ModelCard(label, "open_clip", str(folder), _LOCAL_LICENCE, loaded_from=str(folder))
         return openclip.load_folder(folder, card, _folder_key("open_clip", folder), device)
     if (folder / "config.json").is_file():
-        card = ModelCard(label, "transformers", str(folder), _LOCAL_LICENCE,
-                         loaded_from=str(folder))
+        card = ModelCard(
+            label, "transformers", str(folder), _LOCAL_LICENCE, loaded_from=str(folder)
+        )
         return hf.load_folder(folder, card, _folder_key("transformers", folder), device)
     raise ModelNotAvailableError(
         f"{folder}: not a model folder (expected open_clip_config.json for open_clip or "
@@ -131,6 +132,7 @@ def load_model(
     *,
     checkpoint: str | Path | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> DermModel:
     """Load a model by registry name, Hub id or local path; ``None`` means the default model.
 
@@ -139,12 +141,18 @@ def load_model(
         checkpoint: weights for an open_clip architecture name or model-config JSON
             (e.g. ``load_model("ViT-B-16", checkpoint="epoch_15.pt")``).
         device: torch device to run on.
+        precision: ``fp32`` (default) or ``bf16`` weights (about 2x faster on CPUs with bf16
+            units, embeddings within about 1e-2 of fp32).
 
     Raises:
         ModelNotAvailableError: weights are not on this machine and cannot be fetched; the
             message says how to obtain them and how to point at a local copy.
         ModelNotSupportedError: a known model dermfm deliberately refuses (reason included).
     """
+    return _load(name_or_path, checkpoint, device).set_precision(precision)
+
+
+def _load(name_or_path: str | Path | None, checkpoint: str | Path | None, device: str) -> DermModel:
     name = str(name_or_path) if name_or_path is not None else default_model_name()
     entry = lookup(name)
     if entry is not None and checkpoint is None:
@@ -159,8 +167,14 @@ def load_model(
         weights = Path(checkpoint).expanduser()
         if not weights.is_file():
             raise ModelNotAvailableError(f"{weights}: checkpoint file not found")
-        card = ModelCard(name, "open_clip", f"{name} + {weights}", _LOCAL_LICENCE,
-                         loaded_from=str(weights))
+        card = ModelCard(
+            name,
+            "open_clip",
+            f"{name} + {weights}",
+            _LOCAL_LICENCE,
+            loaded_from=str(weights),
+            checkpoint=str(weights.resolve()),
+        )
         stat = weights.stat()
         key = f"open_clip:{name}:{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         return openclip.load_architecture(name, weights, card, key, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,8 @@ class ModelCard:
     description: str = ""
     citation: str = ""
     loaded_from: str = ""
-    notes: str = ""
+    #: Separate weights file given with an architecture (``load_model(arch, checkpoint=...)``).
+    checkpoint: str = ""
 
     def to_dict(self) -> dict[str, str]:
         """JSON-ready mapping."""
@@ -74,6 +76,27 @@ class DermModel(ABC):
     #: A string that changes whenever the weights change (used to key caches).
     cache_key: str = ""
     device: torch.device = torch.device("cpu")
+    #: The wrapped torch module (both towers).
+    model: torch.nn.Module
+    #: Weight precision: ``fp32`` (default, exact) or ``bf16`` (faster on CPUs with bf16 units,
+    #: embeddings differ from fp32 at about 1e-2 relative).
+    precision: str = "fp32"
+
+    def set_precision(self, precision: str) -> DermModel:
+        """Cast fp32 weights to ``bf16`` (one way: rounding cannot be undone; reload for fp32).
+
+        The cache key records the choice, so caches never mix fp32 and bf16 embeddings.
+        """
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if precision == self.precision:
+            return self
+        if precision == "fp32":
+            raise ValueError("bf16 weights cannot be turned back into fp32: reload the model")
+        self.model.to(torch.bfloat16)
+        self.cache_key += ":bf16"
+        self.precision = "bf16"
+        return self
 
     @abstractmethod
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -98,7 +121,8 @@ class DermModel(ABC):
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 embeddings of preprocessed images ``(N, 3, H, W)``."""
-        return _normalise(self._encode_pixels(pixels.to(self.device))).cpu()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        return _normalise(self._encode_pixels(pixels.to(self.device, dtype))).cpu()
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -113,8 +137,9 @@ class DermModel(ABC):
         return torch.cat(chunks)
 
     def _prepare(self, image: ImageInput, max_pixels: int, draft: bool) -> torch.Tensor:
-        rgb = load_image(image, max_pixels=max_pixels,
-                         draft_size=2 * self.image_size if draft else None)
+        rgb = load_image(
+            image, max_pixels=max_pixels, draft_size=2 * self.image_size if draft else None
+        )
         try:
             return self.preprocess(rgb)
         except Exception as exc:  # a backend's transform failing on one image
@@ -132,16 +157,20 @@ class DermModel(ABC):
     ) -> ImageEmbeddings:
         """Decode, preprocess and embed many images; failures are collected, not raised.
 
-        Decoding runs in a thread pool one batch ahead of the model (PIL releases the GIL while
-        decoding), batches go through the model under ``torch.inference_mode``, and JPEGs whose
+        Each batch is decoded by a thread pool (PIL releases the GIL while decoding). When the
+        machine has cores the model's threads do not use, the pool works one batch ahead of the
+        model; otherwise it decodes between model calls, so decoding never competes with the
+        model's threads for cores. Batches run under ``torch.inference_mode``, and JPEGs whose
         shorter side is at least four times the model input are decoded at a reduced DCT scale
         that keeps at least twice the input size (``draft=False`` decodes at full size, for
         bit-for-bit parity with a plain PIL pipeline).
         """
         images = list(images)
         sources = [source_name(im) for im in images]
-        batches = [list(range(i, min(i + batch_size, len(images))))
-                   for i in range(0, len(images), batch_size)]
+        batches = [
+            list(range(i, min(i + batch_size, len(images))))
+            for i in range(0, len(images), batch_size)
+        ]
         vectors: list[torch.Tensor] = []
         ok: list[int] = []
         errors: dict[int, ImageError] = {}
@@ -152,17 +181,20 @@ class DermModel(ABC):
             except ImageError as exc:
                 return exc
 
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, progress(
-            "Embedding images", len(images), show_progress
-        ) as advance:
+        with (
+            ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+            progress("Embedding images", len(images), show_progress) as advance,
+        ):
 
             def submit(idx: list[int]) -> list[Future]:
                 return [pool.submit(outcome, i) for i in idx]
 
+            ahead = (os.cpu_count() or 1) > torch.get_num_threads()
             pending = submit(batches[0]) if batches else []
             for b, idx in enumerate(batches):
                 current = pending
-                pending = submit(batches[b + 1]) if b + 1 < len(batches) else []
+                has_next = b + 1 < len(batches)
+                pending = submit(batches[b + 1]) if has_next and ahead else []
                 tensors, kept = [], []
                 for i, fut in zip(idx, current, strict=True):
                     result = fut.result()
@@ -175,5 +207,7 @@ class DermModel(ABC):
                     vectors.append(self.encode_images(torch.stack(tensors)))
                     ok.extend(kept)
                 advance(len(idx))
+                if has_next and not ahead:
+                    pending = submit(batches[b + 1])
         stacked = torch.cat(vectors) if vectors else torch.empty(0, self.embed_dim)
         return ImageEmbeddings(vectors=stacked, ok=ok, errors=errors, sources=sources)

@@ -25,7 +25,11 @@ class TransformersModel(DermModel):
     """A :class:`DermModel` around ``AutoModel`` + ``AutoProcessor`` of a CLIP/SigLIP folder."""
 
     def __init__(
-        self, folder: Path, card: ModelCard, cache_key: str, device: str | torch.device = "cpu",
+        self,
+        folder: Path,
+        card: ModelCard,
+        cache_key: str,
+        device: str | torch.device = "cpu",
         mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     ) -> None:
         from transformers import AutoModel, AutoProcessor
@@ -51,8 +55,9 @@ class TransformersModel(DermModel):
     def tokenizer(self, texts: list[str]) -> dict[str, torch.Tensor]:  # type: ignore[override]
         """Tokenise as the model was trained: SigLIP pads to full length, CLIP to the longest."""
         if self.model_type.startswith("siglip"):
-            return self.processor(text=texts, padding="max_length", truncation=True,
-                                  return_tensors="pt")
+            return self.processor(
+                text=texts, padding="max_length", truncation=True, return_tensors="pt"
+            )
         return self.processor(text=texts, padding=True, truncation=True, return_tensors="pt")
 
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -72,7 +77,10 @@ def model_type(folder: Path) -> str | None:
 
 
 def load_folder(
-    folder: Path, card: ModelCard, cache_key: str, device: str = "cpu",
+    folder: Path,
+    card: ModelCard,
+    cache_key: str,
+    device: str = "cpu",
     mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> TransformersModel:
     """Load a local transformers CLIP/SigLIP folder."""

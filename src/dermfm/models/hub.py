@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -70,11 +72,22 @@ def _unreachable_reason() -> str | None:
         return "offline mode is on (HF_HUB_OFFLINE/DERMFM_OFFLINE)"
     url = urlparse(endpoint())
     host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
-    try:
+
+    def connect() -> None:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
-            return None
+            pass
+
+    # a thread bounds the name lookup too, which socket timeouts do not cover
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(connect).result(timeout=2 * CONNECT_TIMEOUT)
+        return None
+    except FutureTimeout:
+        return f"the Hub at {endpoint()} did not answer within {2 * CONNECT_TIMEOUT:.0f} s"
     except OSError as exc:
         return f"the Hub at {endpoint()} cannot be reached ({exc.strerror or exc})"
+    finally:
+        pool.shutdown(wait=False)
 
 
 def how_to_obtain(label: str, repo: str, gated: bool) -> str:

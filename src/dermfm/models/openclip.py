@@ -20,7 +20,12 @@ class OpenClipModel(DermModel):
     """A :class:`DermModel` around an ``open_clip`` model, tokenizer and transform."""
 
     def __init__(
-        self, model: Any, preprocess: Any, tokenizer: Any, card: ModelCard, cache_key: str,
+        self,
+        model: Any,
+        preprocess: Any,
+        tokenizer: Any,
+        card: ModelCard,
+        cache_key: str,
         device: str | torch.device = "cpu",
     ) -> None:
         self.device = torch.device(device)
@@ -50,7 +55,10 @@ def _norm_kwargs(mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None) -
 
 
 def load_folder(
-    folder: Path, card: ModelCard, cache_key: str, device: str = "cpu",
+    folder: Path,
+    card: ModelCard,
+    cache_key: str,
+    device: str = "cpu",
     mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> OpenClipModel:
     """Load a folder holding ``open_clip_config.json`` and its weights (hf-hub layout)."""
@@ -68,7 +76,11 @@ def load_folder(
 
 
 def load_architecture(
-    arch: str, weights: Path, card: ModelCard, cache_key: str, device: str = "cpu",
+    arch: str,
+    weights: Path,
+    card: ModelCard,
+    cache_key: str,
+    device: str = "cpu",
     pretrained_tag: str | None = None,
     mean_std: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> OpenClipModel:

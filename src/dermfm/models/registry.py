@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from dermfm.errors import KnowledgeError
@@ -102,8 +101,3 @@ def describe_location(entry: RegistryEntry) -> str:
     repo = hub.repo_for(entry)
     local = hub.local_snapshot(repo)
     return str(local) if local else f"Hugging Face Hub {repo} (not downloaded)"
-
-
-def is_local_path(text: str) -> bool:
-    """Whether ``text`` names an existing file or folder."""
-    return Path(text).expanduser().exists()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create .venv (Python 3.11) and install dermfm with its dependencies, only when missing or when
+# pyproject.toml changed since the last install. Usage: scripts/setup.sh [dev]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="${1:-}"
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null 2>&1 || python=python3
+
+if [ ! -x .venv/bin/python ]; then
+    echo "dermfm setup: creating .venv with $("$python" --version)"
+    "$python" -m venv .venv
+fi
+
+stamp=".venv/.dermfm-installed${extras:+-$extras}"
+want="$(sha256sum pyproject.toml | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+    echo "dermfm setup: installing dermfm${extras:+[$extras]} and its dependencies (first time: several minutes)"
+    target="."
+    [ -n "$extras" ] && target=".[$extras]"
+    .venv/bin/python -m pip install --disable-pip-version-check -q -e "$target"
+    echo "$want" >"$stamp"
+fi
+# The bundled model ships inside the package: there is nothing to download.

@@ -1,0 +1,118 @@
+"""The command line, run as a user runs it: the installed ``dermfm`` script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DERMFM = Path(sys.executable).parent / "dermfm"
+EXAMPLE = Path(__file__).resolve().parents[1] / "src/dermfm/examples/synthetic_lesion.jpg"
+
+
+def dermfm(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(DERMFM), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _installed() -> None:
+    if not DERMFM.exists():
+        pytest.skip("the dermfm console script is not installed in this environment")
+
+
+def test_models_lists_the_registry_as_json_and_table() -> None:
+    result = dermfm("models", "--json")
+    assert result.returncode == 0
+    names = {row["name"] for row in json.loads(result.stdout)}
+    assert {"dermlip-vit-b16", "make", "biomedclip", "monet", "medsiglip-448"} <= names
+    table = dermfm("models")
+    assert "dermlip-vit-b16" in table.stdout and "loads from" in table.stdout
+
+
+def test_diagnose_json_with_a_failed_input(tiny_open_clip: Path, real_images, image_files) -> None:
+    good = real_images[0][0]
+    result = dermfm(
+        "diagnose",
+        good,
+        image_files["text"],
+        "--model",
+        tiny_open_clip,
+        "--labels",
+        "ham7",
+        "--top-k",
+        "3",
+        "--json",
+    )
+    assert result.returncode == 1  # some inputs failed
+    payload = json.loads(result.stdout)
+    assert [r["source"] for r in payload] == [str(good), str(image_files["text"])]
+    assert len(payload[0]["predictions"]) == 3 and payload[0]["error"] is None
+    assert payload[1]["error"] == "not a recognised image format"
+    assert f"{image_files['text']}: not a recognised image format" in result.stderr
+
+
+def test_diagnose_table_shows_scores_rollup_and_disclaimer(tiny_open_clip: Path) -> None:
+    result = dermfm("diagnose", EXAMPLE, "--model", tiny_open_clip, "--labels", "pad6")
+    assert result.returncode == 0, result.stderr
+    assert "score (uncalibrated)" in result.stdout
+    assert "malignancy roll-up" in result.stdout
+    assert "not a diagnosis" in result.stdout
+
+
+def test_diagnose_without_the_bundled_model_explains_itself() -> None:
+    result = dermfm("diagnose", EXAMPLE)
+    assert result.returncode == 2
+    assert "not shipped in this version" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_concepts_json(tiny_open_clip: Path, real_images) -> None:
+    result = dermfm(
+        "concepts",
+        real_images[1][0],
+        "--model",
+        tiny_open_clip,
+        "--concepts",
+        "derm7pt,hair",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)[0]["scores"]
+    assert {s["group"] for s in scores} == {"derm7pt", "artifact"}
+    assert all(0 <= s["score"] <= 1 for s in scores)
+
+
+def test_index_build_add_search(tiny_open_clip: Path, real_images, tmp_path: Path) -> None:
+    folder = tmp_path / "library"
+    folder.mkdir()
+    for path, _ in real_images[:6]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    build = dermfm("index", "build", tmp_path / "idx", folder, "--model", tiny_open_clip, "--json")
+    assert build.returncode == 0, build.stderr
+    assert json.loads(build.stdout)["added"] == 6
+    add = dermfm("index", "add", tmp_path / "idx", real_images[7][0], "--json")
+    assert json.loads(add.stdout) == {"added": 1, "duplicates": [], "errors": [], "total": 7}
+    search = dermfm(
+        "index", "search", tmp_path / "idx", "--image", real_images[7][0], "-k", "2", "--json"
+    )
+    hits = json.loads(search.stdout)
+    assert hits[0]["path"] == str(real_images[7][0]) and len(hits) == 2
+    text = dermfm("index", "search", tmp_path / "idx", "--text", "scale")
+    assert text.returncode == 0 and "rank" in text.stdout
+    both = dermfm("index", "search", tmp_path / "idx")
+    assert both.returncode == 2 and "exactly one of --text or --image" in both.stderr
+
+
+def test_bad_label_set_is_a_usage_error(tiny_open_clip: Path) -> None:
+    result = dermfm("diagnose", EXAMPLE, "--model", tiny_open_clip, "--labels", "nonsense")
+    assert result.returncode == 2 and "not a packaged label set" in result.stderr
