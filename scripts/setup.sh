@@ -15,7 +15,9 @@ fi
 
 stamp=".venv/.dermfm-installed${extras:+-$extras}"
 want="$(sha256sum pyproject.toml | cut -c1-16)"
-if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+# a dev install also satisfies a plain one
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] &&
+   { [ -n "$extras" ] || [ "$(cat .venv/.dermfm-installed-dev 2>/dev/null || true)" != "$want" ]; }; then
     echo "dermfm setup: installing dermfm${extras:+[$extras]} and its dependencies (first time: several minutes)"
     target="."
     [ -n "$extras" ] && target=".[$extras]"
