@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,20 @@ def save_tensor(kind: str, key: str, value: torch.Tensor) -> None:
         atomic_write_bytes(
             cache_dir(kind) / f"{key}.safetensors", save({"value": value.contiguous().cpu()})
         )
+
+
+def cached_tensor(
+    kind: str, key: str, compute: Callable[[], torch.Tensor], enabled: bool = True
+) -> torch.Tensor:
+    """The tensor stored under ``kind/key``, computing and storing it when missing.
+
+    ``enabled=False`` (a model whose weights are still changing, e.g. during training) always
+    computes and never stores.
+    """
+    if not enabled:
+        return compute()
+    value = load_tensor(kind, key)
+    if value is None:
+        value = compute()
+        save_tensor(kind, key, value)
+    return value

@@ -23,6 +23,10 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Build, extend and search a retrieval index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+data_app = typer.Typer(
+    help="Prepare training data: manifests and WebDataset shards.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
 
 out = Console()
 err = Console(stderr=True)
@@ -335,3 +339,80 @@ def index_search(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+@app.command("train")
+def train_command(
+    recipe: Annotated[str, typer.Argument(help="Packaged recipe name (bundled) or a YAML file.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting: section.key=value (repeatable)."),
+    ] = None,
+) -> None:
+    """Train or fine-tune a model (one process; for DDP use torchrun -m dermfm.train)."""
+    from dermfm.errors import DermfmError
+    from dermfm.train import load_config, train
+
+    try:
+        folder = train(load_config(recipe, overrides or []))
+    except DermfmError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"Model written to {folder} (load it with --model {folder}).", highlight=False)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    output: Annotated[Path, typer.Argument(help="Manifest file to write (.jsonl).")],
+    root: Annotated[Path, typer.Option(help="Folder holding the source folders.")] = Path(
+        "../shared/data"
+    ),
+    source: Annotated[
+        list[str] | None, typer.Option(help="Source to include (repeatable; default: all).")
+    ] = None,
+) -> None:
+    """Write a manifest of labelled source folders (HAM10000, Derm7pt, DermNet NZ) with splits."""
+    from collections import Counter
+
+    from dermfm.data import read_sources, write_manifest
+    from dermfm.errors import DermfmError
+
+    try:
+        records = read_sources(root, source)
+        write_manifest(records, output)
+    except DermfmError as exc:
+        raise _fail(str(exc)) from None
+    table = Table("source", "split", "records")
+    for (src, split), n in sorted(Counter((r.source, r.split) for r in records).items()):
+        table.add_row(src, split, str(n))
+    out.print(table)
+    out.print(f"{len(records)} records written to {output}", highlight=False)
+
+
+@data_app.command("pack")
+def data_pack(
+    manifest: Annotated[Path, typer.Argument(help="A CSV or JSONL manifest.")],
+    output: Annotated[Path, typer.Argument(help="Folder to write the tar shards into.")],
+    shard_size: Annotated[int, typer.Option(min=1, help="Samples per shard.")] = 1000,
+    max_side: Annotated[
+        int | None, typer.Option(help="Re-encode images so their longer side is at most this.")
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="Only records of this split (repeatable).")
+    ] = None,
+) -> None:
+    """Convert a manifest to WebDataset tar shards (training streams either)."""
+    from dermfm.data import read_manifest
+    from dermfm.data.shards import pack_shards
+    from dermfm.errors import DermfmError
+
+    try:
+        records = read_manifest(manifest, split)
+        report = pack_shards(records, output, shard_size=shard_size, max_side=max_side)
+    except DermfmError as exc:
+        raise _fail(str(exc)) from None
+    for error in report.errors:
+        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    out.print(
+        f"{report.samples} samples in {len(report.shards)} shards under {output}", highlight=False
+    )
+    raise typer.Exit(1 if report.errors else 0)

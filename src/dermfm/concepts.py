@@ -25,11 +25,9 @@ from dermfm.results import ConceptAnnotation, ConceptScore
 def _prompt_embeddings(model: DermModel, prompts: list[str]) -> torch.Tensor:
     """Normalised embeddings of ``prompts``, cached by model and prompt text."""
     key = cache.content_key("concept-prompts", model.cache_key, prompts)
-    cached = cache.load_tensor("concepts", key)
-    if cached is None:
-        cached = model.encode_texts(prompts)
-        cache.save_tensor("concepts", key, cached)
-    return cached
+    return cache.cached_tensor(
+        "concepts", key, lambda: model.encode_texts(prompts), model.cacheable
+    )
 
 
 class ConceptAnnotator:

@@ -33,14 +33,13 @@ def class_text_embeddings(
     """``(len(names), embed_dim)`` prompt-ensemble class embeddings, cached by content."""
     model = resolve_model(model)
     key = cache.content_key("zeroshot", model.cache_key, list(names), list(templates))
-    cached = cache.load_tensor("classifiers", key)
-    if cached is not None:
-        return cached
-    prompts = [p for name in names for p in fill(tuple(templates), name)]
-    emb = model.encode_texts(prompts).reshape(len(names), len(templates), -1)
-    weights = torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)
-    cache.save_tensor("classifiers", key, weights)
-    return weights
+
+    def compute() -> torch.Tensor:
+        prompts = [p for name in names for p in fill(tuple(templates), name)]
+        emb = model.encode_texts(prompts).reshape(len(names), len(templates), -1)
+        return torch.nn.functional.normalize(emb.mean(dim=1), dim=-1)
+
+    return cache.cached_tensor("classifiers", key, compute, model.cacheable)
 
 
 class ZeroShotClassifier:

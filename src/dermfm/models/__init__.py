@@ -87,7 +87,17 @@ def _load_entry(entry: RegistryEntry, device: str) -> DermModel:
             f"dermfm does not load '{entry.name}' ({entry.id}): {entry.reason}"
         )
     if entry.backend == "bundled":
-        bundled.require()
+        folder = bundled.require()
+        card = ModelCard(
+            name=entry.name,
+            backend=entry.backend,
+            source=entry.id,
+            licence=entry.licence,
+            description=entry.description,
+            citation=entry.citation,
+            loaded_from=str(folder),
+        )
+        return bundled.load_folder(folder, card, device)
     repo = hub.repo_for(entry)
     folder = hub.ensure_snapshot(entry.name, repo, entry.gated)
     card = ModelCard(
@@ -113,6 +123,11 @@ def _load_entry(entry: RegistryEntry, device: str) -> DermModel:
 
 
 def _load_folder(folder: Path, label: str, device: str) -> DermModel:
+    if (folder / bundled.CONFIG_FILE).is_file():
+        card = ModelCard(
+            label, "dual-encoder", str(folder), _LOCAL_LICENCE, loaded_from=str(folder)
+        )
+        return bundled.load_folder(folder, card, device)
     if (folder / "open_clip_config.json").is_file():
         card = ModelCard(label, "open_clip", str(folder), _LOCAL_LICENCE, loaded_from=str(folder))
         return openclip.load_folder(folder, card, _folder_key("open_clip", folder), device)

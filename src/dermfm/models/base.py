@@ -81,6 +81,8 @@ class DermModel(ABC):
     #: Weight precision: ``fp32`` (default, exact) or ``bf16`` (faster on CPUs with bf16 units,
     #: embeddings differ from fp32 at about 1e-2 relative).
     precision: str = "fp32"
+    #: Whether text embeddings of this model may be cached on disk (off while training).
+    cacheable: bool = True
 
     def set_precision(self, precision: str) -> DermModel:
         """Cast fp32 weights to ``bf16`` (one way: rounding cannot be undone; reload for fp32).

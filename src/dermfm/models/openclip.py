@@ -27,8 +27,11 @@ class OpenClipModel(DermModel):
         card: ModelCard,
         cache_key: str,
         device: str | torch.device = "cpu",
+        open_clip_config: dict[str, Any] | None = None,
     ) -> None:
         self.device = torch.device(device)
+        #: ``{"model_cfg": ..., "preprocess_cfg": ...}``: what a trained copy is saved with.
+        self.open_clip_config = open_clip_config
         self.model = model.to(self.device).eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -72,7 +75,10 @@ def load_folder(
     model, _, preprocess = open_clip.create_model_and_transforms(
         spec, device=device, **_norm_kwargs(mean_std)
     )
-    return OpenClipModel(model, preprocess, open_clip.get_tokenizer(spec), card, cache_key, device)
+    config = json.loads((folder / "open_clip_config.json").read_text(encoding="utf-8"))
+    return OpenClipModel(
+        model, preprocess, open_clip.get_tokenizer(spec), card, cache_key, device, config
+    )
 
 
 def load_architecture(
@@ -106,7 +112,16 @@ def load_architecture(
     model, _, preprocess = open_clip.create_model_and_transforms(
         arch, pretrained=str(weights), device=device, **kwargs
     )
-    return OpenClipModel(model, preprocess, open_clip.get_tokenizer(arch), card, cache_key, device)
+    config = {
+        "model_cfg": open_clip.get_model_config(arch),
+        "preprocess_cfg": {
+            "mean": list(preprocess.transforms[-1].mean),
+            "std": list(preprocess.transforms[-1].std),
+        },
+    }
+    return OpenClipModel(
+        model, preprocess, open_clip.get_tokenizer(arch), card, cache_key, device, config
+    )
 
 
 def _register_config(path: Path) -> str:

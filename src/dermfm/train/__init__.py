@@ -1,0 +1,20 @@
+"""Training: contrastive (CLIP, SigLIP, MAKE multi-view) with optional masked latent modelling.
+
+``dermfm train RECIPE`` or ``torchrun --nproc-per-node N -m dermfm.train RECIPE``.
+"""
+
+from dermfm.train.config import TrainConfig, load_config
+from dermfm.train.engine import EpochSampler, Trainer, TrainStep, sampling_weights, train
+from dermfm.train.model import Trainable, build_trainable
+
+__all__ = [
+    "EpochSampler",
+    "TrainConfig",
+    "TrainStep",
+    "Trainable",
+    "Trainer",
+    "build_trainable",
+    "load_config",
+    "sampling_weights",
+    "train",
+]

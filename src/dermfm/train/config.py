@@ -1,0 +1,227 @@
+"""Training configuration: a YAML file (configs as data) with ``section.key=value`` overrides.
+
+Packaged recipes live in ``dermfm/train/recipes/`` (``bundled.yaml`` reproduces the bundled
+model); ``dermfm train RECIPE_OR_FILE --set optim.lr=1e-4`` runs one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dermfm.errors import DermfmError
+
+
+class ConfigError(DermfmError):
+    """A training configuration that cannot be used (names the file or the key)."""
+
+
+@dataclass
+class ModelSection:
+    """What to train.
+
+    ``init``: ``parts`` builds a fresh dual encoder from the pretrained towers shipped on PyPI
+    (EfficientNet-Lite0 + all-MiniLM-L6-v2); anything else is given to
+    :func:`dermfm.load_model` (a registry name such as ``dermlip-vit-b16``, an ``hf-hub:`` id, a
+    local folder), so any registry model can be fine-tuned.
+    """
+
+    init: str = "parts"
+    image_size: int = 160
+    embed_dim: int = 256
+    freeze_image: bool = False
+    freeze_text: bool = True
+    #: Dual encoder only: leading EfficientNet blocks (and the stem) kept frozen.
+    frozen_image_blocks: int = 0
+
+
+@dataclass
+class DataSection:
+    """Where training and validation records come from.
+
+    Exactly one of ``sources`` (folders under ``root`` described by ``dermfm/data/sources.yaml``),
+    ``manifest`` (CSV/JSONL) or ``shards`` (WebDataset tar shards, brace patterns allowed).
+    """
+
+    root: str = "../shared/data"
+    sources: list[str] = field(default_factory=list)
+    manifest: str | None = None
+    shards: str | None = None
+    #: Manifest/sources whose split is ``val`` give the validation set (with ``shards``, give
+    #: ``val_manifest``).
+    val_manifest: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    views: list[str] = field(default_factory=lambda: ["ontology", "concept", "metadata", "free"])
+    #: Per-(source, label) sampling weight: ``none``, ``sqrt`` (1/sqrt(count)) or ``inverse``.
+    balance: str = "none"
+    #: Share of each source in the sampled stream (e.g. ``{ham10000: 0.5}``); sources left out
+    #: share the rest in proportion to their record counts. Applies when ``balance`` is not
+    #: ``none``.
+    source_weights: dict[str, float] = field(default_factory=dict)
+    #: Samples drawn per epoch (default: the number of training records).
+    samples_per_epoch: int | None = None
+    #: Decode images once and keep them in memory at this shorter side (``null``: no preload).
+    preload_side: int | None = None
+    workers: int = 0
+
+
+@dataclass
+class AugmentSection:
+    """Training augmentation (see :class:`dermfm.data.Augmentation`)."""
+
+    scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    flips: bool = True
+    rotate90: bool = True
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.15
+    hue: float = 0.02
+
+
+@dataclass
+class LossSection:
+    """Objective: ``clip``, ``siglip`` or ``make`` (multi-view), plus optional extra terms."""
+
+    kind: str = "make"
+    #: Remove same-diagnosis false negatives (``label``) or not (``none``).
+    false_negatives: str = "label"
+    weight_temperature: float = 0.5
+    local_weight: float = 0.0
+    masked_latent_weight: float = 0.0
+    mask_ratio: float = 0.5
+    #: Side in pixels of the square patches masked for masked latent modelling.
+    mask_patch: int = 32
+
+
+@dataclass
+class OptimSection:
+    """Optimiser and schedule (AdamW, linear warmup then cosine decay to ``min_lr``)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    accum_steps: int = 1
+    lr: float = 1e-3
+    #: Learning rate of the image tower's pretrained weights (``null``: same as ``lr``).
+    image_tower_lr: float | None = None
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class RunSection:
+    """Run bookkeeping."""
+
+    output: str = "runs/dermfm"
+    seed: int = 0
+    device: str = "auto"
+    #: ``auto``: bf16 autocast on CUDA, fp32 on CPU; or ``fp32`` / ``bf16``.
+    precision: str = "auto"
+    checkpoint_every: int = 200
+    #: ``auto`` continues from ``output/checkpoints/last.pt`` when it exists.
+    resume: str = "auto"
+    threads: int | None = None
+    #: Stop after this many optimiser steps (for tests and smoke runs).
+    max_steps: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class ValidationSection:
+    """Per-epoch zero-shot validation: val records of each source scored on a label set."""
+
+    label_sets: dict[str, str] = field(default_factory=dict)
+    templates: str = "skin8"
+    every_epochs: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run (see the ``recipes`` folder for examples)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+    validation: ValidationSection = field(default_factory=ValidationSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested mapping (what checkpoints and model folders record)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a nested mapping; unknown sections or keys are errors."""
+        sections = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for name, values in (data or {}).items():
+            if name not in sections:
+                raise ConfigError(f"{source}: unknown section {name!r}; known: {list(sections)}")
+            section_cls = sections[name].default_factory  # type: ignore[misc]
+            known = {f.name for f in fields(section_cls)}
+            bad = set(values or {}) - known
+            if bad:
+                raise ConfigError(f"{source}: unknown keys in {name!r}: {sorted(bad)}")
+            kwargs[name] = section_cls(**(values or {}))
+        config = cls(**kwargs)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        """Reject inconsistent settings with a message naming the key."""
+        d = self.data
+        if sum(bool(x) for x in (d.sources, d.manifest, d.shards)) != 1:
+            raise ConfigError(
+                f"{source}: set exactly one of data.sources, data.manifest, data.shards"
+            )
+        if self.loss.kind not in ("clip", "siglip", "make"):
+            raise ConfigError(f"{source}: loss.kind must be clip, siglip or make")
+        if d.balance not in ("none", "sqrt", "inverse"):
+            raise ConfigError(f"{source}: data.balance must be none, sqrt or inverse")
+        if self.model.freeze_image and self.model.freeze_text:
+            raise ConfigError(f"{source}: both towers frozen leaves nothing but heads to train")
+        if self.optim.batch_size < 2 or self.optim.accum_steps < 1:
+            raise ConfigError(f"{source}: optim.batch_size must be >= 2 and accum_steps >= 1")
+        if self.run.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"{source}: run.precision must be auto, fp32 or bf16")
+
+
+def recipe_path(name: str) -> Path:
+    """A packaged recipe by name (``bundled``) or a path to a YAML file."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return Path(str(resources.files("dermfm.train") / "recipes" / f"{name}.yaml"))
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a recipe and apply ``section.key=value`` overrides (values parsed as YAML)."""
+    path = recipe_path(str(name_or_path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: training config not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        data.setdefault(section, {})[name] = _parse_value(value)
+    return TrainConfig.from_dict(data, str(path))

@@ -1,0 +1,270 @@
+"""The training engine: DDP equivalence, exact resume after a kill, freezing, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from dermfm.data import Record, write_manifest
+from dermfm.train import EpochSampler, load_config, sampling_weights
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {
+    "melanoma": (90, 40, 30),
+    "melanocytic_nevus": (170, 120, 90),
+    "psoriasis": (200, 80, 80),
+}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 generated lesion-like images of 3 diagnoses, with captions, as a JSONL manifest."""
+    folder = tmp_path_factory.mktemp("train-data")
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(24):
+        label = list(COLOURS)[i % 3]
+        noise = rng.integers(-30, 30, size=(72, 80, 3))
+        pixels = np.clip(np.array(COLOURS[label]) + noise, 0, 255).astype(np.uint8)
+        path = folder / f"img{i:02d}.jpg"
+        Image.fromarray(pixels).save(path)
+        records.append(
+            Record(
+                image=str(path),
+                texts=(f"close-up of {label.replace('_', ' ')} number {i}",),
+                label=label,
+                split="val" if i >= 20 else "train",
+                source="generated",
+                metadata={"modality": "clinical", "class_name": label.replace("_", " ")},
+            )
+        )
+    return write_manifest(records, folder / "manifest.jsonl")
+
+
+def _config(tmp: Path, manifest: Path, init: str, **sections: dict) -> Path:
+    doc = {
+        "model": {"init": init, "freeze_text": False},
+        "data": {"manifest": str(manifest), "views": ["caption", "free"]},
+        "loss": {"kind": "clip"},
+        "optim": {"epochs": 3, "batch_size": 4, "warmup_steps": 2, "lr": 1e-3},
+        "run": {"output": str(tmp / "run"), "progress": False, "checkpoint_every": 2},
+    }
+    for name, values in sections.items():
+        doc.setdefault(name, {}).update(values)
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+GRAD_SCRIPT = """
+import sys, torch
+from dermfm.train import Trainer, load_config
+trainer = Trainer(load_config(sys.argv[1], sys.argv[3:]))
+batch = next(trainer._micro_batches(0, 0))
+terms = trainer.ddp(batch.pixels, batch.texts, batch.labels)
+terms["total"].backward()
+grads = {n: p.grad.clone() for n, p in trainer.step_module.named_parameters() if p.grad is not None}
+if trainer.rank == 0:
+    torch.save({"loss": terms["total"].item(), "grads": grads}, sys.argv[2])
+"""
+
+
+def _run(args: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+
+
+def test_two_process_gloo_matches_one_process_of_the_same_global_batch(
+    tmp_path: Path, manifest: Path, tiny_open_clip: Path
+) -> None:
+    config = _config(tmp_path, manifest, str(tiny_open_clip))
+    script = tmp_path / "grads.py"
+    script.write_text(GRAD_SCRIPT)
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    single = _run([sys.executable, str(script), str(config), str(one), "optim.batch_size=4"])
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    torchrun += ["--master-port", "29517"]
+    double = _run([*torchrun, str(script), str(config), str(two), "optim.batch_size=2"])
+    assert double.returncode == 0, double.stderr[-2000:]
+    a, b = torch.load(one), torch.load(two)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    names = set(a["grads"])
+    assert names == set(b["grads"]) and len(names) > 10
+    for name in names:
+        torch.testing.assert_close(b["grads"][name], a["grads"][name], rtol=1e-4, atol=1e-6)
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "open_clip_model.safetensors"))
+
+
+def test_resume_after_a_kill_continues_identically(
+    tmp_path: Path, manifest: Path, tiny_open_clip: Path
+) -> None:
+    train = [sys.executable, "-m", "dermfm.train"]
+    long_run = {"data": {"samples_per_epoch": 100}, "run": {"checkpoint_every": 5}}
+    (tmp_path / "a").mkdir()
+    straight = _config(tmp_path / "a", manifest, str(tiny_open_clip), **long_run)
+    result = _run([*train, str(straight)])
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    (tmp_path / "b").mkdir()
+    killed = _config(tmp_path / "b", manifest, str(tiny_open_clip), **long_run)
+    checkpoint = tmp_path / "b" / "run" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(
+        [*train, str(killed)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(checkpoint, weights_only=False)
+    assert 0 < state["position"]["step"] < 75, "the kill should land mid-run"
+    assert not (tmp_path / "b" / "run" / "model").exists()
+    resumed = _run([*train, str(killed)])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a, b = _final_weights(tmp_path / "a" / "run"), _final_weights(tmp_path / "b" / "run")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(b[key], a[key]), key
+    summary = json.loads((tmp_path / "b" / "run" / "summary.json").read_text())
+    assert summary["steps"] == 75  # 3 epochs x 100 samples / batch 4
+
+
+def test_sampler_splits_each_global_batch_across_ranks() -> None:
+    one = EpochSampler(40, 8, seed=3).batches(epoch=2)
+    ranks = [EpochSampler(40, 4, seed=3, rank=r, world=2).batches(epoch=2) for r in range(2)]
+    assert [a + b for a, b in zip(*ranks, strict=True)] == one
+    assert EpochSampler(40, 8, seed=3).batches(epoch=3) != one
+    assert sorted(i for b in one for i in b) == list(range(40))
+
+
+def test_balanced_sampling_flattens_labels_within_each_source_and_sets_shares() -> None:
+    records = [Record(image=f"a{i}", label="nv", source="ham") for i in range(90)]
+    records += [Record(image=f"b{i}", label="mel", source="ham") for i in range(10)]
+    records += [Record(image=f"c{i}", label="acne", source="dn") for i in range(100)]
+    w = sampling_weights(records, "inverse", {"ham": 0.75})
+    assert w[:90].sum() == pytest.approx(0.375) and w[90:100].sum() == pytest.approx(0.375)
+    assert w[100:].sum() == pytest.approx(0.25)
+    sqrt = sampling_weights(records, "sqrt")
+    assert sqrt[:90].sum() / sqrt[90:100].sum() == pytest.approx(3.0)
+    assert sampling_weights(records, "none") is None
+
+
+def test_config_errors_name_the_problem(tmp_path: Path, manifest: Path) -> None:
+    from dermfm.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown keys in 'optim'"):
+        load_config(_config(tmp_path, manifest, "parts"), ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match=r"loss\.kind"):
+        load_config(_config(tmp_path, manifest, "parts"), ["loss.kind=triplet"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    assert load_config("bundled").model.init == "parts"
+
+
+def test_dual_encoder_trains_every_objective_and_exports_a_loadable_model(
+    tmp_path: Path, manifest: Path
+) -> None:
+    """LiT-style: frozen text tower and frozen early image blocks stay exactly as shipped."""
+    from dermfm import load_model
+    from dermfm.train import Trainer
+
+    config = load_config(
+        _config(
+            tmp_path,
+            manifest,
+            "parts",
+            model={"image_size": 64, "freeze_text": True, "frozen_image_blocks": 4},
+            data={"views": ["ontology", "caption", "free"]},
+            loss={"kind": "make", "local_weight": 0.5, "masked_latent_weight": 1.0},
+            optim={"epochs": 1, "batch_size": 5},
+            validation={"label_sets": {}},
+        )
+    )
+    trainer = Trainer(config)
+    before = {k: v.clone() for k, v in trainer.model.net.state_dict().items()}
+    folder = trainer.fit()
+    assert folder is not None
+    log = (tmp_path / "run" / "metrics.csv").read_text()
+    for term in ("train/contrastive", "train/local", "train/masked_latent"):
+        assert term in log
+    after = trainer.model.net.state_dict()
+    assert torch.equal(
+        after["visual.net._blocks.0._depthwise_conv.weight"],
+        before["visual.net._blocks.0._depthwise_conv.weight"],
+    )
+    assert torch.equal(
+        after["text.encoder.embeddings.word_embeddings.weight"],
+        before["text.encoder.embeddings.word_embeddings.weight"],
+    )
+    assert not torch.equal(
+        after["visual.net._blocks.10._project_conv.weight"],
+        before["visual.net._blocks.10._project_conv.weight"],
+    )
+    assert not torch.equal(after["text_proj.weight"], before["text_proj.weight"])
+    stored = load_file(str(folder / "model.safetensors"))
+    assert not any(k.startswith("text.") for k in stored)  # frozen tower comes from PyPI
+    loaded = load_model(folder)
+    image = Image.open(json.loads(manifest.read_text().splitlines()[0])["image"])
+    direct = trainer.model.as_model("check").embed_images([image]).vectors
+    torch.testing.assert_close(loaded.embed_images([image]).vectors, direct, atol=1e-5, rtol=0)
+
+
+def test_cli_packs_shards_and_trains_from_them(
+    tmp_path: Path, manifest: Path, tiny_open_clip: Path
+) -> None:
+    dermfm = str(REPO / ".venv" / "bin" / "dermfm")
+    shards = tmp_path / "shards"
+    packed = _run(
+        [
+            dermfm,
+            "data",
+            "pack",
+            str(manifest),
+            str(shards),
+            "--shard-size",
+            "5",
+            "--split",
+            "train",
+        ]
+    )
+    assert packed.returncode == 0, packed.stderr[-2000:]
+    assert "20 samples in 4 shards" in packed.stdout
+    config = _config(tmp_path, manifest, str(tiny_open_clip), validation={"label_sets": {}})
+    sets = [
+        "--set",
+        "data.manifest=null",
+        "--set",
+        f"data.shards={shards}",
+        "--set",
+        f"data.val_manifest={manifest}",
+        "--set",
+        "optim.epochs=2",
+    ]
+    trained = _run([dermfm, "train", str(config), *sets])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 10  # 2 epochs x 20 streamed samples / batch 4
+    from dermfm import load_model
+
+    assert load_model(tmp_path / "run" / "model").embed_dim == 32
