@@ -69,11 +69,14 @@ def test_diagnose_table_shows_scores_rollup_and_disclaimer(tiny_open_clip: Path)
     assert "not a diagnosis" in result.stdout
 
 
-def test_diagnose_without_the_bundled_model_explains_itself() -> None:
-    result = dermfm("diagnose", EXAMPLE)
-    assert result.returncode == 2
-    assert "not shipped in this version" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_diagnose_uses_the_bundled_model_by_default() -> None:
+    result = dermfm("diagnose", EXAMPLE, "--json")
+    assert result.returncode == 0, result.stderr
+    [payload] = json.loads(result.stdout)
+    assert payload["model"] == "dermfm-bundled" and payload["error"] is None
+    probs = [p["probability"] for p in payload["predictions"]]
+    assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+    assert abs(sum(payload["malignancy"].values()) - 1) < 1e-3
 
 
 def test_concepts_json(tiny_open_clip: Path, real_images) -> None:

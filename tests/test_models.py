@@ -99,8 +99,11 @@ def test_panderm_is_refused_with_the_reason() -> None:
         dermfm.load_model("dermlip-panderm")
 
 
-def test_missing_bundled_model_says_so() -> None:
-    with pytest.raises(ModelNotAvailableError, match="not shipped in this version"):
+def test_missing_bundled_weights_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from dermfm.models import bundled
+
+    monkeypatch.setattr(bundled, "weights_dir", lambda: tmp_path)
+    with pytest.raises(ModelNotAvailableError, match=r"weights .* are missing"):
         dermfm.load_model()
 
 
