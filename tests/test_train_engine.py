@@ -268,3 +268,31 @@ def test_cli_packs_shards_and_trains_from_them(
     from dermfm import load_model
 
     assert load_model(tmp_path / "run" / "model").embed_dim == 32
+
+
+def test_transformers_model_fine_tunes_lit_style_and_saves_in_its_own_format(
+    tmp_path: Path, manifest: Path, tiny_transformers_clip: Path
+) -> None:
+    """Locked image tower (LiT): image embeddings unchanged, text embeddings trained."""
+    from dermfm import load_model
+    from dermfm.train import Trainer
+
+    config = load_config(
+        _config(
+            tmp_path,
+            manifest,
+            str(tiny_transformers_clip),
+            model={"freeze_image": True, "freeze_text": False},
+            optim={"epochs": 1, "lr": 1e-2},
+            validation={"label_sets": {}},
+        )
+    )
+    folder = Trainer(config).fit()
+    assert folder is not None and (folder / "config.json").is_file()
+    before, after = load_model(tiny_transformers_clip), load_model(folder)
+    image = json.loads(manifest.read_text().splitlines()[0])["image"]
+    torch.testing.assert_close(
+        after.embed_images([image]).vectors, before.embed_images([image]).vectors
+    )
+    texts = ["melanoma", "psoriasis"]
+    assert not torch.allclose(after.encode_texts(texts), before.encode_texts(texts), atol=1e-4)
