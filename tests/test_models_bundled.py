@@ -43,29 +43,30 @@ def _sample(records: list, per_class: int, seed: int = 0) -> list:
     return [r for rs in by_label.values() for r in rng.sample(rs, min(per_class, len(rs)))]
 
 
+def _zero_shot(
+    model: dermfm.DermModel, root: Path, source: str, label_set: str, per_class: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """True class indices and probabilities on a class-balanced sample of a test split."""
+    test = _sample([r for r in read_source(source, root) if r.split == "test"], per_class)
+    split = embed_records(model, test)
+    classifier = dermfm.ZeroShotClassifier(model, labels=label_set)
+    order = {c.label: i for i, c in enumerate(classifier.label_set.classes)}
+    y = np.array([order[r.metadata["dataset_label"]] for r in split.records])
+    return y, classifier.predict_proba(split.vectors).numpy()
+
+
 def test_bundled_model_diagnoses_held_out_ham10000_far_above_chance(
     model: dermfm.DermModel, shared_data: Path
 ) -> None:
-    test = _sample([r for r in read_source("ham10000", shared_data) if r.split == "test"], 8)
-    split = embed_records(model, test)
-    classifier = dermfm.ZeroShotClassifier(model, labels="ham7")
-    probs = classifier.predict_proba(split.vectors).numpy()
-    order = {c.label: i for i, c in enumerate(classifier.label_set.classes)}
-    y = np.array([order[r.metadata["dataset_label"]] for r in split.records])
-    # chance is 1/7 = 0.14 on this class-balanced sample
-    assert balanced_accuracy(y, probs.argmax(1)) > 0.4
+    y, probs = _zero_shot(model, shared_data, "ham10000", "ham7", 8)
+    assert balanced_accuracy(y, probs.argmax(1)) > 0.4  # chance: 1/7 = 0.14
 
 
 def test_bundled_model_ranks_dermnet_conditions_far_above_chance(
     model: dermfm.DermModel, shared_data: Path
 ) -> None:
-    test = _sample([r for r in read_source("dermnet_nz", shared_data) if r.split == "test"], 1)
-    split = embed_records(model, test)
-    classifier = dermfm.ZeroShotClassifier(model, labels="dermnet")
-    probs = classifier.predict_proba(split.vectors).numpy()
-    order = {c.label: i for i, c in enumerate(classifier.label_set.classes)}
-    y = np.array([order[r.metadata["dataset_label"]] for r in split.records])
-    assert top_k_accuracy(y, probs, 5) > 0.2  # chance is 5/99 = 0.05
+    y, probs = _zero_shot(model, shared_data, "dermnet_nz", "dermnet", 1)
+    assert top_k_accuracy(y, probs, 5) > 0.2  # chance: 5/99 = 0.05
 
 
 def test_bundled_model_loads_with_the_hub_switched_off(tmp_path: Path) -> None:

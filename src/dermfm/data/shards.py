@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from dermfm.data.datasets import SampleBuilder
 from dermfm.data.manifest import ManifestError, Record
 from dermfm.errors import ImageError
-from dermfm.io import DEFAULT_MAX_PIXELS, load_image
+from dermfm.io import decode_image_bytes, load_image
 from dermfm.progress import progress
 
 #: JPEG quality of re-encoded images.
@@ -299,27 +299,6 @@ def _mix(*parts: object) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def _decode(data: bytes, where: str) -> Image.Image:
-    """Decode image bytes like :func:`dermfm.io.load_image` does a file."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > DEFAULT_MAX_PIXELS:
-                    raise ImageError(where, f"{img.width}x{img.height} exceeds the pixel limit")
-                img.load()
-                out = load_image(img)
-                return out.copy() if out is img else out
-    except ImageError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise ImageError(where, "not a recognised image format") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(where, f"rejected as a decompression bomb ({exc})") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(where, f"cannot decode image ({exc})") from exc
-
-
 @dataclass
 class _Item:
     shard: Path
@@ -502,7 +481,7 @@ class ShardDataset(IterableDataset):
             if position < skip:
                 continue
             try:
-                image = _decode(item.data, f"{item.shard}:{item.key}")
+                image = decode_image_bytes(item.data, f"{item.shard}:{item.key}")
             except ImageError as exc:
                 warnings.warn(f"{exc}; sample skipped", RuntimeWarning, stacklevel=2)
                 continue

@@ -43,7 +43,12 @@ class RandomRotate90:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training augmentation settings (the ``augment`` section of a training config)."""
+    """Training augmentation settings (the ``augment`` section of a training config).
+
+    ``scale`` and ``ratio`` bound the random resized crop (area fraction, aspect ratio); flips and
+    90-degree rotations are on by default; colour jitter strengths follow torchvision's
+    ``ColorJitter``.
+    """
 
     scale: tuple[float, float] = (0.5, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)

@@ -14,8 +14,8 @@ import torch
 
 from dermfm.concepts import ConceptAnnotator
 from dermfm.data import Record, mask_region
-from dermfm.evaluate.metrics import Estimate, auroc, bootstrap, classification_report
 from dermfm.errors import ImageError
+from dermfm.evaluate.metrics import Estimate, auroc, bootstrap, classification_report
 from dermfm.io import load_image
 from dermfm.knowledge import LabelSet, load_label_set, load_ontology
 from dermfm.models.base import DermModel

@@ -7,9 +7,11 @@ limit, and turns every failure into an :class:`~dermfm.errors.ImageError` naming
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -104,14 +106,21 @@ def load_image(
     if path.suffix.lower() in (".heic", ".heif") and not _enable_heif():
         raise ImageError(path, "HEIC/HEIF needs the pillow-heif package (pip install pillow-heif)")
     _enable_heif()
+    return _decode(path, str(path), max_pixels, draft_size)
+
+
+def _decode(
+    source: Path | BinaryIO, where: str, max_pixels: int, draft_size: int | None
+) -> Image.Image:
+    """Decode a file or a binary stream with every check; errors name ``where``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     raise ImageError(
-                        path,
+                        where,
                         f"{width}x{height} = {width * height:,} pixels exceeds the limit of "
                         f"{max_pixels:,} (decompression-bomb guard; raise max_pixels to allow it)",
                     )
@@ -125,18 +134,28 @@ def load_image(
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
-        raise ImageError(path, "not a recognised image format") from exc
+        raise ImageError(where, "not a recognised image format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(path, f"rejected as a decompression bomb ({exc})") from exc
+        raise ImageError(where, f"rejected as a decompression bomb ({exc})") from exc
     except PermissionError as exc:
-        raise ImageError(path, "permission denied") from exc
+        raise ImageError(where, "permission denied") from exc
     except OSError as exc:
         message = str(exc)
         if any(m in message.lower() for m in ("truncated", "broken data stream")):
-            raise ImageError(path, "truncated or corrupt image data") from exc
-        raise ImageError(path, f"cannot decode image ({message})") from exc
+            raise ImageError(where, "truncated or corrupt image data") from exc
+        raise ImageError(where, f"cannot decode image ({message})") from exc
     except (ValueError, SyntaxError) as exc:
-        raise ImageError(path, f"corrupt image ({exc})") from exc
+        raise ImageError(where, f"corrupt image ({exc})") from exc
+
+
+def decode_image_bytes(
+    data: bytes, where: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """:func:`load_image` for encoded bytes (e.g. a tar member); errors name ``where``."""
+    if not data:
+        raise ImageError(where, "empty file (0 bytes)")
+    _enable_heif()
+    return _decode(io.BytesIO(data), where, max_pixels, None)
 
 
 def find_images(root: str | Path, recursive: bool = True) -> list[Path]:

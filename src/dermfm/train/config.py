@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from dermfm.data.transforms import Augmentation
 from dermfm.errors import DermfmError
 
 
@@ -70,19 +71,6 @@ class DataSection:
     #: Decode images once and keep them in memory at this shorter side (``null``: no preload).
     preload_side: int | None = None
     workers: int = 0
-
-
-@dataclass
-class AugmentSection:
-    """Training augmentation (see :class:`dermfm.data.Augmentation`)."""
-
-    scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    flips: bool = True
-    rotate90: bool = True
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.15
-    hue: float = 0.02
 
 
 @dataclass
@@ -149,7 +137,7 @@ class TrainConfig:
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
-    augment: AugmentSection = field(default_factory=AugmentSection)
+    augment: Augmentation = field(default_factory=Augmentation)
     loss: LossSection = field(default_factory=LossSection)
     optim: OptimSection = field(default_factory=OptimSection)
     run: RunSection = field(default_factory=RunSection)

@@ -30,7 +30,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dermfm.data import (
-    Augmentation,
     Batch,
     CaptionSynthesizer,
     ManifestDataset,
@@ -334,8 +333,9 @@ class Trainer:
             self.labels = [node.id for node in load_ontology()]
         label_index = {label: i for i, label in enumerate(self.labels)}
         captions = CaptionSynthesizer(tuple(config.data.views))
-        aug = Augmentation(**{**config.augment.__dict__, "scale": tuple(config.augment.scale)})
-        transform = train_transform(self.model.image_size, self.model.mean, self.model.std, aug)
+        transform = train_transform(
+            self.model.image_size, self.model.mean, self.model.std, config.augment
+        )
         show = run.progress and self.is_main
         builder = SampleBuilder(transform, captions, label_index, run.seed)
         d = config.data
