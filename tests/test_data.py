@@ -204,6 +204,9 @@ def test_samples_are_reproducible_per_epoch_and_index(tmp_path: Path) -> None:
     torch.manual_seed(123)  # the global RNG does not matter
     b = data[0]
     assert torch.equal(a["pixels"], b["pixels"]) and a["texts"] == b["texts"]
+    twice = data[(0, 5)], data[(0, 6)]  # one record drawn twice in an epoch: two views
+    assert not torch.equal(twice[0]["pixels"], twice[1]["pixels"])
+    assert torch.equal(data[(0, 5)]["pixels"], twice[0]["pixels"])
     data.set_epoch(1)
     assert not torch.equal(data[0]["pixels"], a["pixels"])
     assert a["label"] == 0 and a["pixels"].shape == (3, 32, 32)

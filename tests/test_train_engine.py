@@ -155,7 +155,8 @@ def test_sampler_splits_each_global_batch_across_ranks() -> None:
     ranks = [EpochSampler(40, 4, seed=3, rank=r, world=2).batches(epoch=2) for r in range(2)]
     assert [a + b for a, b in zip(*ranks, strict=True)] == one
     assert EpochSampler(40, 8, seed=3).batches(epoch=3) != one
-    assert sorted(i for b in one for i in b) == list(range(40))
+    assert sorted(i for b in one for i, _ in b) == list(range(40))
+    assert [d for b in one for _, d in b] == list(range(40))  # draw positions seed the views
 
 
 def test_balanced_sampling_flattens_labels_within_each_source_and_sets_shares() -> None:

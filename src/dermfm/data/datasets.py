@@ -81,9 +81,16 @@ class SampleBuilder:
         self.seed = seed
         self.epoch = 0
 
-    def __call__(self, record: Record, image: Image.Image, index: int) -> dict[str, Any]:
-        """The sample of ``record`` at dataset position ``index`` in the current epoch."""
-        seed = sample_seed(self.seed, self.epoch, index)
+    def __call__(
+        self, record: Record, image: Image.Image, index: int, draw: int | None = None
+    ) -> dict[str, Any]:
+        """The sample of ``record`` (dataset position ``index``) in the current epoch.
+
+        ``draw`` is the sample's position in the epoch's order when a sampler draws with
+        replacement: each draw of the same record then gets its own augmentation and captions
+        (seeding by ``index`` alone would repeat identical views within an epoch).
+        """
+        seed = sample_seed(self.seed, self.epoch, index if draw is None else -1 - draw)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             pixels = self.transform(mask_region(image, record.mask_box))
@@ -152,5 +159,7 @@ class ManifestDataset(Dataset):
             return self._images[index]
         return load_image(self.records[index].image)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.builder(self.records[index], self.image(index), index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Sample by dataset position, or by ``(position, draw)`` from :class:`EpochSampler`."""
+        index, draw = key if isinstance(key, tuple) else (key, None)
+        return self.builder(self.records[index], self.image(index), index, draw)

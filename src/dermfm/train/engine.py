@@ -55,6 +55,7 @@ from dermfm.train.losses import (
     view_weights,
 )
 from dermfm.train.model import Trainable, build_trainable
+from dermfm.train.plots import plot_metrics
 from dermfm.zeroshot import ZeroShotClassifier
 
 #: Views whose text depends on nothing but the diagnosis (false negatives between same labels).
@@ -141,8 +142,12 @@ class EpochSampler:
     def __len__(self) -> int:
         return self.samples // (self.batch_size * self.world)
 
-    def batches(self, epoch: int) -> list[list[int]]:
-        """This rank's micro-batches of ``epoch``."""
+    def batches(self, epoch: int) -> list[list[tuple[int, int]]]:
+        """This rank's micro-batches of ``epoch`` as ``(record index, draw position)`` pairs.
+
+        The draw position (the sample's place in the epoch's global order) seeds its
+        augmentation and captions, so a record drawn twice gets two different views.
+        """
         rng = np.random.default_rng([self.seed, epoch])
         if self.weights is not None:
             order = rng.choice(self.n, size=self.samples, replace=True, p=self.weights)
@@ -150,8 +155,11 @@ class EpochSampler:
             reps = math.ceil(self.samples / self.n)
             order = np.concatenate([rng.permutation(self.n) for _ in range(reps)])[: self.samples]
         g = self.batch_size * self.world
-        lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
-        return [order[i * g + lo : i * g + hi].tolist() for i in range(len(self))]
+        lo = self.rank * self.batch_size
+        return [
+            [(int(order[d]), d) for d in range(i * g + lo, i * g + lo + self.batch_size)]
+            for i in range(len(self))
+        ]
 
 
 class TrainStep(nn.Module):
@@ -642,6 +650,7 @@ class Trainer:
             json.dumps({"model": str(path), **metadata}, indent=2, default=str)
         )
         self.log.close()
+        plot_metrics(self.output / "metrics.csv")
         return path
 
 
