@@ -203,6 +203,9 @@ def test_dual_encoder_trains_every_objective_and_exports_a_loadable_model(
         )
     )
     trainer = Trainer(config)
+    trainer.step_module.train()
+    assert not trainer.model.net.text.training  # a frozen tower runs without dropout
+    assert trainer.model.net.visual.training and trainer.model.net.text_proj.training
     before = {k: v.clone() for k, v in trainer.model.net.state_dict().items()}
     folder = trainer.fit()
     assert folder is not None

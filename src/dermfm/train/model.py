@@ -76,21 +76,28 @@ class Trainable(nn.Module):
         return [getattr(self.net, n) for n in names if getattr(self.net, n, None) is not None]
 
     def _set_frozen(self, section: ModelSection) -> None:
+        #: Frozen tower modules: kept in eval mode (no dropout, fixed norm statistics).
+        self._frozen_modules: list[nn.Module] = []
         for frozen, names in (
             (section.freeze_image, IMAGE_PARTS),
             (section.freeze_text, TEXT_PARTS),
         ):
             for part in self._parts(names):
+                if frozen and isinstance(part, nn.Module):
+                    self._frozen_modules.append(part)
                 params = [part] if isinstance(part, nn.Parameter) else list(part.parameters())
                 for p in params:
                     p.requires_grad_(not frozen)
         self.text_tower_frozen = section.freeze_text
         if self.is_dual:
             self.net.frozen_blocks = section.frozen_image_blocks
-            if section.freeze_text:  # the head on top of the frozen tower still trains
-                self.net.text_proj.requires_grad_(True)
-            if section.freeze_image:
-                self.net.image_proj.requires_grad_(True)
+            for frozen, head in (
+                (section.freeze_text, self.net.text_proj),
+                (section.freeze_image, self.net.image_proj),
+            ):
+                if frozen:  # the head on top of a frozen tower still trains
+                    head.requires_grad_(True)
+                    self._frozen_modules.remove(head)
             blocks = self.net.visual.net
             for module in (
                 blocks._conv_stem,
@@ -101,6 +108,14 @@ class Trainable(nn.Module):
         elif section.frozen_image_blocks:
             raise ConfigError("model.frozen_image_blocks applies to the dual encoder only")
         self.net.train()
+
+    def train(self, mode: bool = True) -> Trainable:
+        """Training mode, except frozen towers, which stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in self._frozen_modules:
+                module.eval()
+        return self
 
     def image_tower_parameters(self) -> list[nn.Parameter]:
         """Trainable pretrained image-tower weights (they may get their own learning rate)."""
