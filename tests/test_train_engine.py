@@ -300,3 +300,45 @@ def test_transformers_model_fine_tunes_lit_style_and_saves_in_its_own_format(
     )
     texts = ["melanoma", "psoriasis"]
     assert not torch.allclose(after.encode_texts(texts), before.encode_texts(texts), atol=1e-4)
+
+
+def test_gradient_accumulation_steps_once_per_accum_micro_batches(
+    tmp_path: Path, manifest: Path, tiny_open_clip: Path
+) -> None:
+    """accum_steps=2: half the optimiser steps, and each step averages two micro-batch grads."""
+    from dermfm.train import Trainer
+
+    config = load_config(
+        _config(tmp_path, manifest, str(tiny_open_clip), validation={"label_sets": {}}),
+        ["optim.accum_steps=2", "optim.epochs=1", "optim.batch_size=2", "optim.grad_clip=null"],
+    )
+    trainer = Trainer(config)
+    assert trainer.steps_per_epoch == 5  # 20 records / batch 2 / 2 micro-batches per step
+    micro = list(trainer._micro_batches(0, 0))[:2]
+    expected = []
+    for batch in micro:  # each micro-batch's own gradient, computed separately
+        trainer.step_module.zero_grad()
+        trainer.ddp(batch.pixels, batch.texts, batch.labels)["total"].backward()
+        expected.append(
+            {
+                n: p.grad.clone()
+                for n, p in trainer.step_module.named_parameters()
+                if p.grad is not None
+            }
+        )
+    trainer.step_module.zero_grad()
+    captured = {}
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda: (
+        captured.update(  # type: ignore[method-assign]
+            {
+                n: p.grad.clone()
+                for n, p in trainer.step_module.named_parameters()
+                if p.grad is not None
+            }
+        )
+        or step()
+    )
+    trainer.train_step(micro, epoch=0)
+    for name, grad in captured.items():
+        torch.testing.assert_close(grad, (expected[0][name] + expected[1][name]) / 2)
