@@ -47,7 +47,11 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 label=label,
                 split="val" if i >= 20 else "train",
                 source="generated",
-                metadata={"modality": "clinical", "class_name": label.replace("_", " ")},
+                metadata={
+                    "modality": "clinical",
+                    "class_name": label.replace("_", " "),
+                    "dataset_label": label.replace("_", " "),
+                },
             )
         )
     return write_manifest(records, folder / "manifest.jsonl")
@@ -254,7 +258,8 @@ def test_cli_packs_shards_and_trains_from_them(
     )
     assert packed.returncode == 0, packed.stderr[-2000:]
     assert "20 samples in 4 shards" in packed.stdout
-    config = _config(tmp_path, manifest, str(tiny_open_clip), validation={"label_sets": {}})
+    val = {"generated": "melanoma,melanocytic nevus,psoriasis"}
+    config = _config(tmp_path, manifest, str(tiny_open_clip), validation={"label_sets": val})
     sets = [
         "--set",
         "data.manifest=null",
@@ -269,6 +274,9 @@ def test_cli_packs_shards_and_trains_from_them(
     assert trained.returncode == 0, trained.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 10  # 2 epochs x 20 streamed samples / batch 4
+    log = (tmp_path / "run" / "metrics.csv").read_text()
+    for metric in ("accuracy", "balanced_accuracy", "macro_auroc"):  # per-epoch validation
+        assert log.count(f"val/generated/{metric},") == 2
     from dermfm import load_model
 
     assert load_model(tmp_path / "run" / "model").embed_dim == 32

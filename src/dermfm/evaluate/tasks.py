@@ -32,7 +32,7 @@ class EmbeddedSplit:
 
 
 def embed_records(
-    model: DermModel, records: Sequence[Record], batch_size: int = 64, show_progress: bool = True
+    model: DermModel, records: Sequence[Record], batch_size: int = 64
 ) -> EmbeddedSplit:
     """Embed records' images with their ``mask_box`` applied (as in training)."""
     kept: list[Record] = []

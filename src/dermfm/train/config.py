@@ -192,10 +192,6 @@ def recipe_path(name: str) -> Path:
     return Path(str(resources.files("dermfm.train") / "recipes" / f"{name}.yaml"))
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
-
-
 def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Load a recipe and apply ``section.key=value`` overrides (values parsed as YAML)."""
     path = recipe_path(str(name_or_path))
@@ -211,5 +207,5 @@ def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Trai
         section, dot, name = key.partition(".")
         if not sep or not dot:
             raise ConfigError(f"override {item!r}: expected section.key=value")
-        data.setdefault(section, {})[name] = _parse_value(value)
+        data.setdefault(section, {})[name] = yaml.safe_load(value)
     return TrainConfig.from_dict(data, str(path))

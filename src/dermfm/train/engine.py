@@ -42,8 +42,8 @@ from dermfm.data import (
     train_transform,
 )
 from dermfm.data.shards import ShardDataset
-from dermfm.evaluate import accuracy, balanced_accuracy, macro_auroc, top_k_accuracy
-from dermfm.knowledge import load_label_set, load_ontology
+from dermfm.evaluate.tasks import diagnosis_report, embed_records
+from dermfm.knowledge import load_ontology
 from dermfm.progress import progress
 from dermfm.train.config import ConfigError, TrainConfig
 from dermfm.train.losses import (
@@ -56,7 +56,6 @@ from dermfm.train.losses import (
 )
 from dermfm.train.model import Trainable, build_trainable
 from dermfm.train.plots import plot_metrics
-from dermfm.zeroshot import ZeroShotClassifier
 
 #: Views whose text depends on nothing but the diagnosis (false negatives between same labels).
 LABEL_VIEWS = ("ontology", "free")
@@ -378,8 +377,7 @@ class Trainer:
                 rank=self.rank,
                 world=self.world,
             )
-        eval_builder = SampleBuilder(self.model.wrapped.preprocess, captions, label_index, run.seed)
-        self.val_set = ManifestDataset(val_records, eval_builder, d.preload_side, show)
+        self.val_records = val_records
         self.steps_per_epoch = len(self.sampler) // config.optim.accum_steps
         if self.steps_per_epoch == 0:
             raise ConfigError("optim.accum_steps is larger than the micro-batches of one epoch")
@@ -597,38 +595,19 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Zero-shot metrics of the current weights on each source's validation records."""
         results: dict[str, float] = {}
-        if not self.is_main or not len(self.val_set):
+        if not self.is_main or not self.val_records:
             return results
         self.step_module.eval()
         model = self.model.as_model(f"training:{time.time_ns()}")
         cfg = self.config.validation
-        for source, label_set_name in cfg.label_sets.items():
-            idx = [i for i, r in enumerate(self.val_set.records) if r.source == source]
-            if not idx:
+        for source, label_set in cfg.label_sets.items():
+            records = [r for r in self.val_records if r.source == source]
+            if not records:
                 continue
-            label_set = load_label_set(label_set_name)
-            position = {c.label: i for i, c in enumerate(label_set.classes)}
-            y = np.array(
-                [
-                    position.get(self.val_set.records[i].metadata.get("dataset_label", ""), -1)
-                    for i in idx
-                ]
-            )
-            embeddings = []
-            for start in range(0, len(idx), 64):
-                pixels = torch.stack([self.val_set[i]["pixels"] for i in idx[start : start + 64]])
-                embeddings.append(model.encode_images(pixels))
-            classifier = ZeroShotClassifier(model, labels=label_set, templates=cfg.templates)
-            probs = classifier.predict_proba(torch.cat(embeddings)).numpy()
-            keep = y >= 0
-            y, probs = y[keep], probs[keep]
-            pred = probs.argmax(1)
-            results[f"val/{source}/accuracy"] = accuracy(y, pred)
-            results[f"val/{source}/balanced_accuracy"] = balanced_accuracy(y, pred)
-            if probs.shape[1] > 5:
-                results[f"val/{source}/top5_accuracy"] = top_k_accuracy(y, probs, 5)
-            with suppress(ValueError):  # undefined with a single class present
-                results[f"val/{source}/macro_auroc"] = macro_auroc(y, probs)
+            split = embed_records(model, records)
+            with suppress(ValueError):  # no record of this source carries a label-set label
+                report = diagnosis_report(model, split, label_set, cfg.templates, n_boot=0)
+                results.update({f"val/{source}/{k}": e.value for k, e in report.items()})
         self.step_module.train()
         return results
 
