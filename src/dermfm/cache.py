@@ -80,3 +80,81 @@ def cached_tensor(
         value = compute()
         save_tensor(kind, key, value)
     return value
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes (the identity of an image for caches and audits)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class VectorStore:
+    """Vectors stored by content key in one SQLite file (WAL) under the cache folder.
+
+    Used for image embeddings keyed by model and image content, so re-runs and extra tasks do
+    not re-embed. ``enabled=False`` (a model whose weights are changing) stores nothing. A
+    read-only or corrupt store degrades to recomputing, never to wrong vectors: every row keeps
+    its dimension and a row of another size is ignored.
+    """
+
+    def __init__(self, kind: str, namespace: str, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = cache_dir(kind) / f"{content_key(namespace)[:32]}.sqlite"
+        self._db: Any = None
+
+    def _connect(self) -> Any:
+        import sqlite3
+
+        if self._db is None:
+            self._db = sqlite3.connect(self.path, timeout=60)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, data BLOB)"
+            )
+        return self._db
+
+    def get_many(self, keys: list[str], dim: int) -> dict[str, torch.Tensor]:
+        """The stored vectors of ``keys`` that exist with dimension ``dim``."""
+        import sqlite3
+
+        if not self.enabled or not keys:
+            return {}
+        found: dict[str, torch.Tensor] = {}
+        try:
+            db = self._connect()
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT key, dim, data FROM vectors WHERE key IN ({marks})", chunk
+                )
+                for key, size, data in rows:
+                    if size == dim and len(data) == 4 * dim:
+                        found[key] = torch.frombuffer(bytearray(data), dtype=torch.float32)
+        except sqlite3.Error:
+            return found
+        return found
+
+    def put_many(self, items: dict[str, torch.Tensor]) -> None:
+        """Store vectors (best effort: a read-only cache is not an error)."""
+        import sqlite3
+
+        if not self.enabled or not items:
+            return
+        rows = [
+            (k, int(v.numel()), v.detach().float().cpu().contiguous().numpy().tobytes())
+            for k, v in items.items()
+        ]
+        with contextlib.suppress(sqlite3.Error, OSError):
+            db = self._connect()
+            with db:
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None

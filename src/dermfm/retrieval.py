@@ -13,7 +13,6 @@ An index is a folder:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import sqlite3
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dermfm.cache import atomic_write_bytes
+from dermfm.cache import atomic_write_bytes, file_digest
 from dermfm.errors import ImageError, IndexStoreError
 from dermfm.io import ImageInput, find_images
 from dermfm.models import DermModel, load_model
@@ -112,14 +111,6 @@ def _read_csv(path: Path) -> list[Item]:
                 )
             )
     return items
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _faiss_index(kind: str, vectors: np.ndarray, dim: int) -> Any:
@@ -295,7 +286,7 @@ class Index:
         known = {r[0] for r in self._db.execute("SELECT sha256 FROM items")}
         for item in items:
             try:
-                digest = _sha256(item.path)
+                digest = file_digest(item.path)
             except OSError as exc:
                 report.errors.append(ImageError(item.path, f"cannot read file ({exc.strerror})"))
                 continue

@@ -4,14 +4,15 @@ Every metric takes numpy arrays or lists, checks its inputs (matching lengths, n
 2-D scores with enough columns) and raises :class:`ValueError` with a message naming the
 problem. :func:`bootstrap` turns any such metric into an :class:`Estimate` with a percentile
 confidence interval; with ``groups`` it resamples whole groups (e.g. all images of one HAM10000
-lesion) instead of rows. :func:`classification_report` bundles the usual multi-class metrics and
-:func:`estimates_table` renders several reports as a Markdown table.
+lesion) instead of rows. :func:`paired_bootstrap` compares two models on the same rows (same
+resamples for both) with a two-sided bootstrap p-value. :func:`classification_report` bundles the
+usual multi-class metrics and :func:`estimates_table` renders several reports as a Markdown table.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "Estimate",
+    "PairedComparison",
     "accuracy",
     "auroc",
     "balanced_accuracy",
@@ -28,7 +30,10 @@ __all__ = [
     "estimates_table",
     "macro_auroc",
     "macro_f1",
+    "ovr_aurocs",
+    "paired_bootstrap",
     "top_k_accuracy",
+    "weighted_f1",
 ]
 
 
@@ -79,27 +84,36 @@ def _pair(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[NDArray[Any], NDArray[A
     return t, p
 
 
-def _class_indices(y_true: ArrayLike, scores: ArrayLike) -> tuple[NDArray[Any], NDArray[Any]]:
-    """Integer labels in ``[0, C)`` and finite (N, C) scores, checked against each other."""
-    y = _as_1d(y_true, "y_true")
+def _score_matrix(scores: ArrayLike, what: str = "scores") -> NDArray[Any]:
+    """``scores`` as a 2-D array of finite real numbers (rows: samples, columns: classes)."""
     s = np.asarray(scores)
     if s.ndim != 2:
-        raise ValueError(f"scores must be 2-D (samples, classes), got shape {s.shape}")
+        raise ValueError(f"{what} must be 2-D (samples, classes), got shape {s.shape}")
+    if not np.issubdtype(s.dtype, np.number) or np.issubdtype(s.dtype, np.complexfloating):
+        raise ValueError(f"{what} must be real numbers, got dtype {s.dtype}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return s
+
+
+def _class_indices(
+    y_true: ArrayLike, scores: ArrayLike, what: str = "scores"
+) -> tuple[NDArray[Any], NDArray[Any]]:
+    """Integer labels in ``[0, C)`` and finite (N, C) ``scores``, checked against each other;
+    ``what`` names the scores in error messages."""
+    y = _as_1d(y_true, "y_true")
+    s = _score_matrix(scores, what)
     if s.shape[0] != y.shape[0]:
-        raise ValueError(f"y_true and scores differ in length: {y.shape[0]} != {s.shape[0]}")
+        raise ValueError(f"y_true and {what} differ in length: {y.shape[0]} != {s.shape[0]}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"y_true must hold integer class indices, got dtype {y.dtype}")
-    if not np.issubdtype(s.dtype, np.number) or np.issubdtype(s.dtype, np.complexfloating):
-        raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
     n_classes = s.shape[1]
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= n_classes:
         raise ValueError(
-            f"y_true holds class indices in [{lo}, {hi}] but scores has only {n_classes} "
+            f"y_true holds class indices in [{lo}, {hi}] but {what} has only {n_classes} "
             f"columns (classes 0..{n_classes - 1})"
         )
-    if not np.all(np.isfinite(s)):
-        raise ValueError("scores contain NaN or infinite values")
     return y, s
 
 
@@ -139,15 +153,11 @@ def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     return float(np.mean(correct / support))
 
 
-def macro_f1(
-    y_true: ArrayLike, y_pred: ArrayLike, labels: Iterable[Hashable] | None = None
-) -> float:
-    """Unweighted mean of per-class F1.
-
-    The classes are ``labels`` when given (a label absent from both ``y_true`` and ``y_pred``
-    scores 0, samples with other labels only count as errors of the listed classes), else the
-    classes present in ``y_true`` or ``y_pred``. F1 of a class is ``2 TP / (2 TP + FP + FN)``.
-    """
+def _f1_per_class(
+    y_true: ArrayLike, y_pred: ArrayLike, labels: Iterable[Hashable] | None
+) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
+    """F1 and support (true count) of each class: ``labels`` in order, else the sorted union of
+    the labels in ``y_true`` and ``y_pred``."""
     t, p = _pair(y_true, y_pred)
     n = t.shape[0]
     if labels is None:
@@ -166,9 +176,37 @@ def macro_f1(
     k = uniq.shape[0]
     ct, cp = codes[:n], codes[n:]
     tp = np.bincount(ct[ct == cp], minlength=k)
-    denom = np.bincount(ct, minlength=k) + np.bincount(cp, minlength=k)
+    support = np.bincount(ct, minlength=k)
+    denom = support + np.bincount(cp, minlength=k)
     f1 = np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 0.0)
-    return float(np.mean(f1[selected]))
+    return f1[selected], support[selected]
+
+
+def macro_f1(
+    y_true: ArrayLike, y_pred: ArrayLike, labels: Iterable[Hashable] | None = None
+) -> float:
+    """Unweighted mean of per-class F1.
+
+    The classes are ``labels`` when given (a label absent from both ``y_true`` and ``y_pred``
+    scores 0, samples with other labels only count as errors of the listed classes), else the
+    classes present in ``y_true`` or ``y_pred``. F1 of a class is ``2 TP / (2 TP + FP + FN)``.
+    """
+    f1, _ = _f1_per_class(y_true, y_pred, labels)
+    return float(np.mean(f1))
+
+
+def weighted_f1(
+    y_true: ArrayLike, y_pred: ArrayLike, labels: Iterable[Hashable] | None = None
+) -> float:
+    """Mean of per-class F1 weighted by each class's support (its count in ``y_true``).
+
+    The classes are chosen as in :func:`macro_f1`; a class only ever predicted has weight 0.
+    When no listed class occurs in ``y_true`` the result is 0.0 (scikit-learn's
+    ``f1_score(average="weighted", zero_division=0)`` does the same).
+    """
+    f1, support = _f1_per_class(y_true, y_pred, labels)
+    total = int(support.sum())
+    return float(np.dot(f1, support) / total) if total else 0.0
 
 
 def top_k_accuracy(y_true: ArrayLike, scores: ArrayLike, k: int) -> float:
@@ -211,22 +249,40 @@ def auroc(y_binary: ArrayLike, score: ArrayLike) -> float:
     return u / (n_pos * n_neg)
 
 
-def macro_auroc(y_true: ArrayLike, scores: ArrayLike) -> float:
-    """One-vs-rest AUROC of each column of ``scores`` (N, C), averaged over the classes.
+def ovr_aurocs(y_true: ArrayLike, scores: ArrayLike) -> NDArray[np.float64]:
+    """One-vs-rest AUROC of each column of ``scores`` (N, C) against class indices ``y_true``.
 
-    ``y_true`` holds class indices into the columns. Only classes with both positives and
-    negatives in ``y_true`` are averaged; ValueError when there is none (a single class).
+    Entry ``c`` is the AUROC of ``scores[:, c]`` for "class c vs the rest" (ties count one
+    half, as in :func:`auroc`); it is NaN where class ``c`` is absent from ``y_true`` or is the
+    only class in it.
     """
     y, s = _class_indices(y_true, scores)
     n, n_classes = s.shape
     n_pos = np.bincount(y, minlength=n_classes).astype(np.float64)
     defined = (n_pos > 0) & (n_pos < n)
-    if not defined.any():
+    out = np.full(n_classes, np.nan)
+    if defined.any():
+        ranks = _average_ranks(s)
+        rank_sum = np.bincount(y, weights=ranks[np.arange(n), y], minlength=n_classes)
+        pos = n_pos[defined]
+        out[defined] = (rank_sum[defined] - pos * (pos + 1) / 2.0) / (pos * (n - pos))
+    return out
+
+
+def _mean_defined(per_class: NDArray[np.float64]) -> float:
+    if np.isnan(per_class).all():
         raise ValueError("macro AUROC is undefined: y_true holds only one class")
-    ranks = _average_ranks(s)
-    rank_sum = np.bincount(y, weights=ranks[np.arange(n), y], minlength=n_classes)
-    u = rank_sum[defined] - n_pos[defined] * (n_pos[defined] + 1) / 2.0
-    return float(np.mean(u / (n_pos[defined] * (n - n_pos[defined]))))
+    return float(np.nanmean(per_class))
+
+
+def macro_auroc(y_true: ArrayLike, scores: ArrayLike) -> float:
+    """One-vs-rest AUROC of each column of ``scores`` (N, C), averaged over the classes.
+
+    ``y_true`` holds class indices into the columns. Only classes with both positives and
+    negatives in ``y_true`` are averaged (the non-NaN entries of :func:`ovr_aurocs`);
+    ValueError when there is none (a single class).
+    """
+    return _mean_defined(ovr_aurocs(y_true, scores))
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -243,6 +299,55 @@ def _group_codes(groups: ArrayLike | Sequence[Hashable], n: int) -> NDArray[np.i
         raise ValueError(f"groups must hold hashable ids: {exc}") from exc
 
 
+def _resample_indices(
+    n: int,
+    n_boot: int,
+    seed: int,
+    groups: ArrayLike | Sequence[Hashable] | None = None,
+    strata: NDArray[np.intp] | None = None,
+) -> Iterator[list[NDArray[np.intp]]]:
+    """``n_boot`` bootstrap resamples of the row indices ``[0, n)``, one index array per stratum.
+
+    ``strata`` holds a stratum code in ``[0, S)`` per row, every code used; without it all rows
+    form one stratum. Each stratum is resampled on its own, with replacement, to its own size:
+    rows, or with ``groups`` (one hashable id per row) whole clusters, as many as the stratum
+    holds (a cluster with rows in several strata is split by stratum). Deterministic for
+    ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    codes = None if groups is None else _group_codes(groups, n)
+    if strata is None:
+        blocks = [np.arange(n)]
+    else:
+        blocks = [np.flatnonzero(strata == s) for s in range(int(strata.max()) + 1)]
+    plans: list[tuple[NDArray[np.intp], NDArray[np.intp] | None]] = []
+    for rows in blocks:
+        if codes is None:
+            plans.append((rows, None))
+        else:
+            local = np.unique(codes[rows], return_inverse=True)[1].reshape(-1)
+            plans.append((rows[np.argsort(local, kind="stable")], np.bincount(local)))
+    for _ in range(n_boot):
+        parts = []
+        for rows, sizes in plans:
+            if sizes is None:
+                parts.append(rows[rng.integers(0, rows.shape[0], size=rows.shape[0])])
+            else:
+                k = sizes.shape[0]
+                times = np.bincount(rng.integers(0, k, size=k), minlength=k)
+                parts.append(np.repeat(rows, np.repeat(times, sizes)))
+        yield parts
+
+
+def _defined(metric: Callable[..., float], arrays: Sequence[NDArray[Any]]) -> float:
+    """``metric(*arrays)``, or NaN where the metric raises ValueError or is not finite."""
+    try:
+        value = float(metric(*arrays))
+    except ValueError:
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
 def _bootstrap_values(
     metrics: Mapping[str, Callable[..., float]],
     arrays: Sequence[NDArray[Any]],
@@ -255,27 +360,12 @@ def _bootstrap_values(
     A resample where a metric raises ValueError or returns a non-finite value is left out of
     that metric's values.
     """
-    n = arrays[0].shape[0]
-    rng = np.random.default_rng(seed)
-    if groups is not None:
-        codes = _group_codes(groups, n)
-        n_groups = int(codes.max()) + 1
-        rows_by_group = np.argsort(codes, kind="stable")
-        group_sizes = np.bincount(codes, minlength=n_groups)
     values: dict[str, list[float]] = {name: [] for name in metrics}
-    for _ in range(n_boot):
-        if groups is None:
-            idx = rng.integers(0, n, size=n)
-        else:
-            times = np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)
-            idx = np.repeat(rows_by_group, np.repeat(times, group_sizes))
+    for (idx,) in _resample_indices(arrays[0].shape[0], n_boot, seed, groups):
         sample = [a[idx] for a in arrays]
         for name, metric in metrics.items():
-            try:
-                v = float(metric(*sample))
-            except ValueError:
-                continue
-            if math.isfinite(v):
+            v = _defined(metric, sample)
+            if not math.isnan(v):
                 values[name].append(v)
     return {name: np.asarray(v, dtype=np.float64) for name, v in values.items()}
 
@@ -333,6 +423,86 @@ def bootstrap(
     return _estimate(label, value, boot, arrs[0].shape[0], alpha)
 
 
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two models' values of one metric on the same rows, and their bootstrap difference.
+
+    ``difference`` is ``value_b - value_a`` (positive: model b scores higher) with a percentile
+    interval over paired resamples; ``p_value`` is the two-sided bootstrap p-value of "no
+    difference" (see :func:`paired_bootstrap`), NaN when no resample gave a defined difference.
+    """
+
+    name: str
+    value_a: float
+    value_b: float
+    difference: Estimate
+    p_value: float
+    n: int
+
+    def __str__(self) -> str:
+        """``"accuracy: a 0.700, b 0.750, b - a 0.050 [0.020, 0.080], p = 0.002"``."""
+        return (
+            f"{self.name}: a {self.value_a:.3f}, b {self.value_b:.3f}, "
+            f"b - a {self.difference}, p = {self.p_value:.3g}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, ``difference`` as a nested dict."""
+        return asdict(self)
+
+
+def paired_bootstrap(
+    metric: Callable[..., float],
+    y_true: ArrayLike,
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    groups: ArrayLike | Sequence[Hashable] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    name: str = "",
+) -> PairedComparison:
+    """Compare ``metric(y_true, a)`` with ``metric(y_true, b)`` for two models on the same rows.
+
+    ``a`` and ``b`` are the two models' predictions (or score matrices) for the same rows as
+    ``y_true``. Each of the ``n_boot`` resamples draws one set of rows (or, with ``groups``,
+    whole clusters, as in :func:`bootstrap`) and scores both models on it, so the difference
+    ``d = metric(b) - metric(a)`` keeps the pairing; resamples where either value is undefined
+    are skipped. The interval is the percentile interval of ``d``. The two-sided p-value is
+    ``min(1, 2 * min(1 + #{d <= 0}, 1 + #{d >= 0}) / (B + 1))`` over the ``B`` kept resamples:
+    about the smallest ``alpha`` at which the percentile interval excludes 0, with the ``+1``
+    correction that keeps it above zero (at least ``2 / (B + 1)``). Identical predictions give
+    a difference of 0 and p = 1. Deterministic for ``seed``; ``name`` defaults to the metric's
+    ``__name__``.
+    """
+    truth, pa, pb = _check_bootstrap_args([y_true, a, b], n_boot, alpha)
+    if pa.shape != pb.shape:
+        raise ValueError(f"a and b differ in shape: {pa.shape} != {pb.shape}")
+    label = name or getattr(metric, "__name__", "metric")
+    value_a, value_b = float(metric(truth, pa)), float(metric(truth, pb))
+
+    def difference(t: NDArray[Any], x: NDArray[Any], z: NDArray[Any]) -> float:
+        return float(metric(t, z)) - float(metric(t, x))
+
+    diffs = _bootstrap_values({label: difference}, [truth, pa, pb], n_boot, seed, groups)[label]
+    kept = diffs.shape[0]
+    if kept:
+        tail = min(int(np.sum(diffs <= 0.0)), int(np.sum(diffs >= 0.0))) + 1
+        p_value = min(1.0, 2.0 * tail / (kept + 1))
+    else:
+        p_value = math.nan
+    n = truth.shape[0]
+    return PairedComparison(
+        name=label,
+        value_a=value_a,
+        value_b=value_b,
+        difference=_estimate(label, value_b - value_a, diffs, n, alpha),
+        p_value=p_value,
+        n=n,
+    )
+
+
 def classification_report(
     y_true: ArrayLike,
     scores: ArrayLike,
@@ -342,39 +512,56 @@ def classification_report(
     n_boot: int = 1000,
     seed: int = 0,
     top_k: Iterable[int] = (1, 5),
+    per_class_auroc: bool = False,
 ) -> dict[str, Estimate]:
     """The standard multi-class metrics of ``scores`` (N, C) against class indices ``y_true``.
 
     Returns Estimates (95% bootstrap CIs, same resamples for every metric; cluster bootstrap
-    with ``groups``) for ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (over the classes
-    present in the labels or predictions), ``macro_auroc`` and ``top{k}_accuracy`` for each
-    ``k`` in ``top_k`` with ``1 < k < C``. The prediction is the arg-max of ``scores``.
-    ``macro_auroc`` is left out when it is undefined on the full data (a single class).
+    with ``groups``), in this order: ``accuracy``, ``balanced_accuracy``, ``macro_f1`` and
+    ``weighted_f1`` (over the classes present in the labels or predictions), ``macro_auroc``,
+    ``top{k}_accuracy`` for each ``k`` in ``top_k`` with ``1 < k < C``, then with
+    ``per_class_auroc`` one ``auroc[<class name>]`` per class in column order (one-vs-rest, see
+    :func:`ovr_aurocs`). The prediction is the arg-max of ``scores``. AUROC entries undefined on
+    the full data (a class absent, or a single class) are left out.
     """
     y, s = _class_indices(y_true, scores)
     names = list(class_names)
     if len(names) != s.shape[1]:
         raise ValueError(f"{len(names)} class names for {s.shape[1]} score columns")
+    if per_class_auroc and len(set(names)) != len(names):
+        raise ValueError("class names contain duplicates: per-class AUROC keys would collide")
     ks = sorted({int(k) for k in top_k})
     if any(k < 1 for k in ks):
         raise ValueError(f"top_k values must be >= 1, got {ks}")
     y_pred = np.argmax(s, axis=1)
 
+    # one ranking per resample serves the macro and the per-class AUROCs: every metric of a
+    # resample receives the same score array, which keys this one-entry memo
+    memo: dict[str, Any] = {}
+
+    def per_class(t: NDArray[Any], sc: NDArray[Any]) -> NDArray[np.float64]:
+        if memo.get("scores") is not sc:
+            memo["scores"], memo["aurocs"] = sc, ovr_aurocs(t, sc)
+        return memo["aurocs"]
+
     metrics: dict[str, Callable[..., float]] = {
         "accuracy": lambda t, p, _s: accuracy(t, p),
         "balanced_accuracy": lambda t, p, _s: balanced_accuracy(t, p),
         "macro_f1": lambda t, p, _s: macro_f1(t, p),
-        "macro_auroc": lambda t, _p, sc: macro_auroc(t, sc),
+        "weighted_f1": lambda t, p, _s: weighted_f1(t, p),
+        "macro_auroc": lambda t, _p, sc: _mean_defined(per_class(t, sc)),
     }
     for k in ks:
         if 1 < k < s.shape[1]:
             metrics[f"top{k}_accuracy"] = lambda t, _p, sc, k=k: top_k_accuracy(t, sc, k)
+    if per_class_auroc:
+        for c, class_name in enumerate(names):
+            metrics[f"auroc[{class_name}]"] = lambda t, _p, sc, c=c: per_class(t, sc)[c]
 
     points: dict[str, float] = {}
     for key, metric in list(metrics.items()):
-        try:
-            points[key] = float(metric(y, y_pred, s))
-        except ValueError:
+        points[key] = _defined(metric, [y, y_pred, s])
+        if math.isnan(points[key]):
             del metrics[key]
     if groups is not None:
         _group_codes(groups, y.shape[0])  # fail early on a length mismatch

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dermfm.cache import VectorStore, content_key, file_digest
 from dermfm.concepts import ConceptAnnotator
 from dermfm.data import Record, mask_region
 from dermfm.errors import ImageError
@@ -19,6 +20,7 @@ from dermfm.evaluate.metrics import Estimate, auroc, bootstrap, classification_r
 from dermfm.io import load_image
 from dermfm.knowledge import LabelSet, load_label_set, load_ontology
 from dermfm.models.base import DermModel
+from dermfm.progress import progress
 from dermfm.zeroshot import ZeroShotClassifier
 
 
@@ -31,28 +33,64 @@ class EmbeddedSplit:
     failed: list[ImageError]
 
 
-def embed_records(
-    model: DermModel, records: Sequence[Record], batch_size: int = 64
-) -> EmbeddedSplit:
-    """Embed records' images with their ``mask_box`` applied (as in training)."""
-    kept: list[Record] = []
-    vectors: list[torch.Tensor] = []
+def _content_keys(records: Sequence[Record]) -> tuple[list[str | None], list[ImageError]]:
+    """Per record: the key of its image content and mask (``None`` when the file is unreadable)."""
+    keys: list[str | None] = []
     failed: list[ImageError] = []
-    for start in range(0, len(records), batch_size):
-        chunk, images = [], []
-        for record in records[start : start + batch_size]:
-            try:
-                images.append(mask_region(load_image(record.image), record.mask_box))
-                chunk.append(record)
-            except ImageError as exc:
-                failed.append(exc)
-        if images:
-            result = model.embed_images(images, batch_size=batch_size, show_progress=False)
-            vectors.append(result.vectors)
-            kept += [chunk[i] for i in result.ok]
-            failed += list(result.errors.values())
-    stacked = torch.cat(vectors) if vectors else torch.empty(0, model.embed_dim)
-    return EmbeddedSplit(kept, stacked, failed)
+    for record in records:
+        try:
+            keys.append(content_key("image-v1", file_digest(record.image), record.mask_box))
+        except OSError as exc:
+            keys.append(None)
+            failed.append(ImageError(record.image, f"cannot be read ({exc.strerror or exc})"))
+    return keys, failed
+
+
+def embed_records(
+    model: DermModel,
+    records: Sequence[Record],
+    batch_size: int = 64,
+    *,
+    cache: bool = True,
+    show_progress: bool | None = None,
+) -> EmbeddedSplit:
+    """Embed records' images with their ``mask_box`` applied (as in training).
+
+    Embeddings are stored by model and image content (file bytes + mask) in the cache folder,
+    so a re-run, another task or another dataset holding the same image does not embed it
+    again (``cache=False``, or a model whose weights are changing, always embeds). Records
+    whose image cannot be read or decoded are left out and listed in ``failed``.
+    """
+    keys, failed = _content_keys(records)
+    store = VectorStore("embeddings", model.cache_key, cache and model.cacheable)
+    known = store.get_many([k for k in keys if k], model.embed_dim)
+    todo = [i for i, k in enumerate(keys) if k and k not in known]
+    fresh: dict[str, torch.Tensor] = {}
+    with progress(f"Embedding {len(todo)} images", len(todo), show_progress) as advance:
+        for start in range(0, len(todo), batch_size):
+            chunk, images = [], []
+            for i in todo[start : start + batch_size]:
+                try:
+                    images.append(mask_region(load_image(records[i].image), records[i].mask_box))
+                    chunk.append(i)
+                except ImageError as exc:
+                    failed.append(exc)
+            if images:
+                result = model.embed_images(images, batch_size=batch_size, show_progress=False)
+                for row, j in enumerate(result.ok):
+                    fresh[keys[chunk[j]]] = result.vectors[row]  # type: ignore[index]
+                failed += list(result.errors.values())
+            advance(len(todo[start : start + batch_size]))
+    store.put_many(fresh)
+    store.close()
+    found = known | fresh
+    kept = [i for i, k in enumerate(keys) if k in found]
+    vectors = (
+        torch.stack([found[keys[i]] for i in kept])  # type: ignore[index]
+        if kept
+        else torch.empty(0, model.embed_dim)
+    )
+    return EmbeddedSplit([records[i] for i in kept], vectors, failed)
 
 
 def _targets(split: EmbeddedSplit, label_set: LabelSet) -> np.ndarray:
