@@ -119,3 +119,48 @@ def test_index_build_add_search(tiny_open_clip: Path, real_images, tmp_path: Pat
 def test_bad_label_set_is_a_usage_error(tiny_open_clip: Path) -> None:
     result = dermfm("diagnose", EXAMPLE, "--model", tiny_open_clip, "--labels", "nonsense")
     assert result.returncode == 2 and "not a packaged label set" in result.stderr
+
+
+def test_eval_writes_report_and_exports_clip_benchmark_layout(
+    tiny_open_clip: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    result = dermfm(
+        "eval",
+        "-m",
+        tiny_open_clip,
+        "-d",
+        "ham10000",
+        "--root",
+        shared_data,
+        "--max-images",
+        "30",
+        "-t",
+        "zeroshot",
+        "-t",
+        "fairness",
+        "--set",
+        "n_boot=20",
+        "-o",
+        out,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "balanced accuracy" in result.stdout and "ham10000" in result.stdout
+    results = json.loads((out / "results.json").read_text())
+    (run,) = results["runs"]
+    assert run["n_images"] == 30 and "fairness" in run and "calibration" not in run
+    assert (out / "report.html").is_file()
+
+    bad = dermfm("eval", "-d", "no_such_dataset", "--root", shared_data, "-o", tmp_path / "b")
+    assert bad.returncode == 1 and "no_such_dataset" in bad.stderr
+
+    wds = tmp_path / "wds"
+    exported = dermfm(
+        "data", "export-wds", "derm7pt", wds, "--root", shared_data, "--split", "test"
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert (wds / "test" / "nshards.txt").is_file() and not (wds / "train").exists()
+    classnames = (wds / "classnames.txt").read_text().splitlines()
+    assert "melanoma" in classnames
+    again = dermfm("data", "export-wds", "derm7pt", wds, "--root", shared_data, "--split", "test")
+    assert again.returncode == 2 and "exist" in again.stderr

@@ -363,10 +363,14 @@ def data_prepare(
         "../shared/data"
     ),
     source: Annotated[
-        list[str] | None, typer.Option(help="Source to include (repeatable; default: all).")
+        list[str] | None,
+        typer.Option(
+            help="Dataset spec name or YAML file to include (repeatable; default: the "
+            "training sources HAM10000, Derm7pt, DermNet NZ)."
+        ),
     ] = None,
 ) -> None:
-    """Write a manifest of labelled source folders (HAM10000, Derm7pt, DermNet NZ) with splits."""
+    """Write a manifest of labelled datasets (any dataset spec) with their splits."""
     from collections import Counter
 
     from dermfm.data import read_sources, write_manifest
@@ -382,6 +386,44 @@ def data_prepare(
         table.add_row(src, split, str(n))
     out.print(table)
     out.print(f"{len(records)} records written to {output}", highlight=False)
+
+
+@data_app.command("export-wds")
+def data_export_wds(
+    dataset: Annotated[str, typer.Argument(help="Dataset spec name or YAML file.")],
+    output: Annotated[Path, typer.Argument(help="CLIP_benchmark dataset folder to write.")],
+    root: Annotated[Path, typer.Option(help="Folder holding the dataset.")] = Path(
+        "../shared/data"
+    ),
+    split: Annotated[
+        list[str] | None, typer.Option(help="Only this split (repeatable; default: all).")
+    ] = None,
+    templates: Annotated[str, typer.Option(help="Prompt template set written.")] = "skin8",
+    overwrite: Annotated[bool, typer.Option(help="Replace existing shards.")] = False,
+) -> None:
+    """Export a dataset in CLIP_benchmark's webdataset layout (clip_benchmark eval --dataset
+    wds/NAME --dataset_root OUTPUT)."""
+    from dermfm.data import export_clip_benchmark_wds, read_dataset
+    from dermfm.errors import DermfmError
+
+    try:
+        read = read_dataset(dataset, root)
+        records = [r for r in read.records if not split or r.split in split]
+        report = export_clip_benchmark_wds(
+            records,
+            output,
+            label_set=read.label_set,
+            templates=templates,
+            overwrite=overwrite,
+            show_progress=True,
+        )
+    except DermfmError as exc:
+        raise _fail(str(exc)) from None
+    for error in report.errors:
+        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    written = ", ".join(f"{k}: {v}" for k, v in report.samples.items())
+    out.print(f"{read.report.summary()}\nWritten to {output}: {written}", highlight=False)
+    raise typer.Exit(1 if report.errors else 0)
 
 
 @data_app.command("pack")

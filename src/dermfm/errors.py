@@ -18,13 +18,18 @@ class ImageError(DermfmError):
         super().__init__(f"{self.path}: {reason}")
 
 
-class KnowledgeError(DermfmError):
-    """A knowledge file (ontology, label set, concepts, templates) is missing or invalid."""
+class SourceError(DermfmError):
+    """A file (or other named source) that cannot be used: ``source`` says which and
+    ``problem`` why; the message is ``"<source>: <problem>"``."""
 
     def __init__(self, source: str | Path, problem: str) -> None:
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+
+class KnowledgeError(SourceError):
+    """A knowledge file (ontology, label set, concepts, templates) is missing or invalid."""
 
 
 class ModelNotAvailableError(DermfmError):

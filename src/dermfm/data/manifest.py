@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dermfm.errors import DermfmError
+from dermfm.errors import SourceError
 
 #: Manifest columns that are record fields rather than metadata.
 FIELDS = ("image", "texts", "label", "split", "source", "group", "mask_box")
@@ -30,12 +30,8 @@ _TRUE = {"1", "true", "yes", "present", "y"}
 _FALSE = {"0", "false", "no", "absent", "n"}
 
 
-class ManifestError(DermfmError):
+class ManifestError(SourceError):
     """A manifest file or row that cannot be used; the message names the file and the line."""
-
-    def __init__(self, source: str | Path, problem: str) -> None:
-        self.source, self.problem = str(source), problem
-        super().__init__(f"{source}: {problem}")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from dermfm.errors import DermfmError
+from dermfm.errors import SourceError
 from dermfm.knowledge._files import read_document
 
 #: Every task the harness runs, in the order it runs them.
@@ -41,12 +41,8 @@ TASKS = (
 DEFAULT_TASKS = ("zeroshot", "calibration", "fairness", "concepts")
 
 
-class RunConfigError(DermfmError):
+class RunConfigError(SourceError):
     """A run file (or run options) that cannot be used; the message names the file and field."""
-
-    def __init__(self, source: str | Path, problem: str) -> None:
-        self.source, self.problem = str(source), problem
-        super().__init__(f"{source}: {problem}")
 
 
 @dataclass(frozen=True)

@@ -531,19 +531,15 @@ class DatasetEvaluation:
         else:
             return {"note": "no training reference to audit against"}
         evaluated = self.data.splits[ref.split]
-        ev = embed_records(
-            self.model,
-            evaluated,
-            opts.batch_size,
-            cache=opts.cache,
-            show_progress=self.show_progress,
-        )
-        tr = embed_records(
-            self.model,
-            reference,
-            opts.batch_size,
-            cache=opts.cache,
-            show_progress=self.show_progress,
+        ev, tr = (
+            embed_records(
+                self.model,
+                part,
+                opts.batch_size,
+                cache=opts.cache,
+                show_progress=self.show_progress,
+            )
+            for part in (evaluated, reference)
         )
         report = leakage_audit.audit_leakage(
             ev.records,
