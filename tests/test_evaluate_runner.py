@@ -26,6 +26,7 @@ def _write_run(tmp_path: Path, shared: Path, models: list[str], **extra: object)
             {"dataset": "ham10000", "root": str(shared), "split": "test", "max_images": 60},
             {
                 "dataset": "derm7pt",
+                "tasks": ["zeroshot", "calibration", "concepts"],
                 "root": str(shared),
                 "split": "test",
                 "val_split": None,
@@ -111,6 +112,7 @@ def test_concepts_fairness_and_retrieval_sections(finished_run: tuple[dict, Path
     results, _ = finished_run
     d7 = next(r for r in results["runs"] if r["dataset"] == "derm7pt")
     assert d7["concepts"]["n_concepts"] >= 5
+    assert "retrieval" not in d7 and "fairness" not in d7  # its own task list
     ham = next(r for r in results["runs"] if r["dataset"] == "ham10000")
     sex = ham["fairness"]["sex"]
     assert sum(row["n"] for row in sex["rows"]) == ham["n_images"]

@@ -59,6 +59,8 @@ class DatasetRef:
         label_set: override of the spec's label set (packaged name or YAML path).
         max_images: deterministic cap on the images of every split (a quick look, not a
             result).
+        tasks: the tasks run on this dataset when they differ from the run's (e.g. no
+            few-shot curves on a 377-class dataset).
     """
 
     dataset: str
@@ -68,6 +70,7 @@ class DatasetRef:
     train_split: str | None = "train"
     label_set: str | None = None
     max_images: int | None = None
+    tasks: tuple[str, ...] | None = None
 
     @property
     def label(self) -> str:
@@ -117,7 +120,10 @@ class RunConfig:
             "name": self.name,
             "output": str(self.output),
             "models": list(self.models),
-            "datasets": [vars(d) for d in self.datasets],
+            "datasets": [
+                {k: list(v) if isinstance(v, tuple) else v for k, v in vars(d).items()}
+                for d in self.datasets
+            ],
             "tasks": list(self.tasks),
             "options": {
                 f.name: list(v) if isinstance(v := getattr(self.options, f.name), tuple) else v
@@ -191,6 +197,8 @@ def _dataset(entry: Any, base: Path, source: str, index: int) -> DatasetRef:
         values["dataset"] = str((base / spec).resolve())
     if values.get("max_images") is not None and int(values["max_images"]) < 1:
         raise RunConfigError(source, f"{where}.max_images must be >= 1")
+    if values.get("tasks") is not None:
+        values["tasks"] = parse_tasks(values["tasks"], source)
     return DatasetRef(**values)
 
 

@@ -663,7 +663,13 @@ def run_benchmark(
             continue
         for dataset in data:
             evaluation = DatasetEvaluation(
-                model, model_name, dataset, config.tasks, config.options, out, show_progress
+                model,
+                model_name,
+                dataset,
+                dataset.ref.tasks or config.tasks,
+                config.options,
+                out,
+                show_progress,
             )
             try:
                 section, outputs = evaluation.run()
