@@ -41,6 +41,7 @@ PUBLISHED = {
     "derm7pt_official",
     "isic2019",
     "isic2020",
+    "isic2020_binary",
     "scin",
     "sd198",
     "dermnet_folders",
@@ -407,6 +408,13 @@ def test_isic2020_layout_keeps_malignancy_and_counts_unknown_diagnoses(
     assert read.records[0].split == read.records[1].split == reference_split("IP_1")
     assert read.report.skipped == {"unknown label": {"unknown": 2}}
     assert read.records[0].metadata["age"] == "45" and read.records[0].metadata["sex"] == "female"
+
+    binary = read_dataset("isic2020_binary", tmp_path)  # the challenge's task: every image
+    assert [r.metadata["class_name"] for r in binary.records] == [
+        "melanoma" if target == "1" else "benign skin lesion" for _, _, target in cases
+    ]
+    assert [r.split for r in binary.records[:2]] == [read.records[0].split] * 2
+    assert binary.report.rows_skipped == 0
 
 
 def test_scin_layout_reads_several_images_per_case_and_list_labels(

@@ -82,15 +82,6 @@ def cached_tensor(
     return value
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 hex digest of a file's bytes (the identity of an image for caches and audits)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class VectorStore:
     """Vectors stored by content key in one SQLite file (WAL) under the cache folder.
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from dermfm.cache import atomic_write_bytes, file_digest
+from dermfm.cache import atomic_write_bytes
 from dermfm.errors import ImageError, IndexStoreError
-from dermfm.io import ImageInput, find_images
+from dermfm.io import ImageInput, find_images, image_digest
 from dermfm.models import DermModel, load_model
 from dermfm.results import SearchHit
 
@@ -286,9 +286,9 @@ class Index:
         known = {r[0] for r in self._db.execute("SELECT sha256 FROM items")}
         for item in items:
             try:
-                digest = file_digest(item.path)
-            except OSError as exc:
-                report.errors.append(ImageError(item.path, f"cannot read file ({exc.strerror})"))
+                digest = image_digest(item.path)
+            except ImageError as exc:
+                report.errors.append(exc)
                 continue
             if digest in known:
                 report.duplicates.append(str(item.path))

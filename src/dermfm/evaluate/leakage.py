@@ -40,7 +40,7 @@ from PIL import Image
 
 from dermfm.errors import ImageError
 from dermfm.evaluate.retrieval import as_matrix
-from dermfm.io import ImageInput, load_image
+from dermfm.io import ImageInput, image_digest, load_image
 from dermfm.progress import progress
 
 if TYPE_CHECKING:
@@ -94,17 +94,6 @@ def _file_phash(path: Path, digest: str) -> int:
     return value
 
 
-def _digest(path: Path) -> str:
-    from dermfm.cache import file_digest
-
-    try:
-        return file_digest(path)
-    except FileNotFoundError as exc:
-        raise ImageError(path, "file not found") from exc
-    except OSError as exc:
-        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
-
-
 def perceptual_hash(image: ImageInput) -> int:
     """64-bit DCT perceptual hash (pHash) of an image.
 
@@ -121,7 +110,7 @@ def perceptual_hash(image: ImageInput) -> int:
     if isinstance(image, Image.Image):
         return _phash_of(load_image(image))
     path = Path(image)
-    return _file_phash(path, _digest(path))
+    return _file_phash(path, image_digest(path))
 
 
 def hamming(a: int, b: int) -> int:
@@ -320,7 +309,7 @@ class _Fingerprint:
 def _fingerprint(path: str, with_phash: bool) -> _Fingerprint:
     out = _Fingerprint()
     try:
-        out.digest = _digest(Path(path))
+        out.digest = image_digest(path)
         if with_phash:
             out.phash = _file_phash(Path(path), out.digest)
     except ImageError as exc:

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dermfm.cache import VectorStore, content_key, file_digest
+from dermfm.cache import VectorStore, content_key
 from dermfm.concepts import ConceptAnnotator
 from dermfm.data import Record, mask_region
 from dermfm.errors import ImageError
 from dermfm.evaluate.metrics import Estimate, auroc, bootstrap, classification_report
-from dermfm.io import load_image
+from dermfm.io import image_digest, load_image
 from dermfm.knowledge import LabelSet, load_label_set, load_ontology
 from dermfm.models.base import DermModel
 from dermfm.progress import progress
@@ -39,10 +39,10 @@ def _content_keys(records: Sequence[Record]) -> tuple[list[str | None], list[Ima
     failed: list[ImageError] = []
     for record in records:
         try:
-            keys.append(content_key("image-v1", file_digest(record.image), record.mask_box))
-        except OSError as exc:
+            keys.append(content_key("image-v1", image_digest(record.image), record.mask_box))
+        except ImageError as exc:
             keys.append(None)
-            failed.append(ImageError(record.image, f"cannot be read ({exc.strerror or exc})"))
+            failed.append(exc)
     return keys, failed
 
 

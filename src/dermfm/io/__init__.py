@@ -7,6 +7,7 @@ from dermfm.io.images import (
     decode_image_bytes,
     expand_inputs,
     find_images,
+    image_digest,
     load_image,
     source_name,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "decode_image_bytes",
     "expand_inputs",
     "find_images",
+    "image_digest",
     "load_image",
     "source_name",
 ]

@@ -7,6 +7,7 @@ limit, and turns every failure into an :class:`~dermfm.errors.ImageError` naming
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from collections.abc import Iterable
@@ -181,3 +182,21 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def image_digest(path: str | Path) -> str:
+    """SHA-256 hex digest of an image file's bytes: its identity for caches, indexes and audits.
+
+    Raises:
+        ImageError: the file is missing or cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        with Path(path).open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError as exc:
+        raise ImageError(path, "file not found") from exc
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    return digest.hexdigest()
