@@ -74,6 +74,23 @@ def test_c_is_the_validation_best_of_a_manual_sklearn_loop(seed: int) -> None:
     np.testing.assert_allclose(probe.predict_proba(tx), model.predict_proba(tx), atol=1e-8)
 
 
+def test_balanced_class_weight_matches_sklearn_and_helps_rare_classes() -> None:
+    rng = np.random.default_rng(3)
+    x, y = _blobs(rng, 3000, 3, spread=1.2)
+    keep = (y == 0) | (rng.random(len(y)) < 0.08)  # class 0 dominates, as nevus in HAM10000
+    x, y = x[keep], y[keep]
+    tx, ty = _blobs(np.random.default_rng(4), 900, 3, spread=1.2)
+    plain = LinearProbe(Cs=(1.0,)).fit(x, y)
+    weighted = LinearProbe(Cs=(1.0,), class_weight="balanced").fit(x, y)
+    reference = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced").fit(x, y)
+    np.testing.assert_allclose(weighted.predict_proba(tx), reference.predict_proba(tx), atol=1e-6)
+    assert balanced_accuracy_score(ty, weighted.predict(tx)) > balanced_accuracy_score(
+        ty, plain.predict(tx)
+    )
+    with pytest.raises(ValueError, match="class_weight"):
+        LinearProbe(class_weight="inverse")
+
+
 def test_without_validation_c_is_chosen_on_a_holdout_then_refit_on_all() -> None:
     rng = np.random.default_rng(4)
     x, y = _blobs(rng, 150, 3, spread=1.2)

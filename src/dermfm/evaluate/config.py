@@ -95,6 +95,7 @@ class RunOptions:
     shots: tuple[int, ...] = (1, 2, 4, 8, 16)
     fractions: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)
     few_shot_seeds: tuple[int, ...] = (0, 1, 2)
+    probe_class_weight: str | None = None
     max_hamming: int = 6
     min_cosine: float = 0.97
     exclude_duplicates: bool = False

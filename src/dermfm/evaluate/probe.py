@@ -92,7 +92,11 @@ class LinearProbe:
     """
 
     def __init__(
-        self, Cs: Sequence[float] = DEFAULT_CS, max_iter: int = 1000, seed: int = 0
+        self,
+        Cs: Sequence[float] = DEFAULT_CS,
+        max_iter: int = 1000,
+        seed: int = 0,
+        class_weight: str | None = None,
     ) -> None:
         """Configure the probe.
 
@@ -100,7 +104,13 @@ class LinearProbe:
             Cs: candidate inverse regularisation strengths (positive).
             max_iter: L-BFGS iteration limit per fit.
             seed: seed of the hold-out split (the L-BFGS fit itself is deterministic).
+            class_weight: ``None`` (the CLIP_benchmark protocol: every example weighs the same)
+                or ``"balanced"`` (classes weigh inversely to their frequency, so a dominant
+                class such as HAM10000's nevus does not swamp the rare ones).
         """
+        if class_weight not in (None, "balanced"):
+            raise ValueError(f"class_weight must be None or 'balanced', got {class_weight!r}")
+        self.class_weight = class_weight
         cs = sorted(float(c) for c in Cs)
         if not cs or cs[0] <= 0 or not np.all(np.isfinite(cs)):
             raise ValueError(f"Cs must be positive finite numbers, got {list(Cs)}")
@@ -115,9 +125,16 @@ class LinearProbe:
         self._model: Any = None
 
     def _train(self, x: NDArray[Any], y: NDArray[Any], c: float) -> Any:
+        import warnings
+
         from sklearn.linear_model import LogisticRegression
 
-        return LogisticRegression(C=c, max_iter=self.max_iter, solver="lbfgs").fit(x, y)
+        with warnings.catch_warnings():
+            # k-shot subsets have as many classes as samples, which is intended here
+            warnings.filterwarnings("ignore", message="The number of unique classes")
+            return LogisticRegression(
+                C=c, max_iter=self.max_iter, solver="lbfgs", class_weight=self.class_weight
+            ).fit(x, y)
 
     def fit(
         self,
@@ -312,6 +329,7 @@ def few_shot_curve(
     groups: Sequence[Hashable] | None = None,
     n_boot: int = 1000,
     Cs: Sequence[float] = DEFAULT_CS,
+    class_weight: str | None = None,
     show_progress: bool | None = None,
 ) -> list[FewShotResult]:
     """Linear probes on k-shot and per-class-fraction subsets of the training data.
@@ -369,7 +387,9 @@ def few_shot_curve(
         for setting, kwargs in settings:
             for i, seed in enumerate(seeds):
                 rows = pool[subsample(y[pool], seed=seed, **kwargs)]
-                probe = LinearProbe(Cs=Cs, seed=seed).fit(x[rows], y[rows], vx, vy)
+                probe = LinearProbe(Cs=Cs, seed=seed, class_weight=class_weight).fit(
+                    x[rows], y[rows], vx, vy
+                )
                 report = classification_report(
                     ty,
                     probe.predict_proba_full(tx, len(names)),

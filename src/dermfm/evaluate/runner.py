@@ -481,7 +481,7 @@ class DatasetEvaluation:
         out: dict[str, Any] = {}
         names = self.data.label_set.names
         if "linear_probe" in self.tasks:
-            fitted = probe.LinearProbe(seed=opts.seed).fit(
+            fitted = probe.LinearProbe(seed=opts.seed, class_weight=opts.probe_class_weight).fit(
                 train.vectors.numpy(), train_y, val_x, val_y
             )
             report = metrics.classification_report(
@@ -497,6 +497,7 @@ class DatasetEvaluation:
                 "C": fitted.C_,
                 "n_train": len(train.records),
                 "selected_on": "validation split" if val_x is not None else "hold-out of train",
+                "class_weight": opts.probe_class_weight or "none (every example weighs the same)",
                 "metrics": _estimates(report),
             }
         if "few_shot" in self.tasks:
@@ -513,6 +514,7 @@ class DatasetEvaluation:
                 seeds=opts.few_shot_seeds,
                 groups=groups,
                 n_boot=opts.n_boot,
+                class_weight=opts.probe_class_weight,
             )
             out["few_shot"] = [r.to_dict() for r in results]
             probe.plot_few_shot(results, self._plot("few_shot"))
