@@ -103,9 +103,9 @@ def test_calibration_fitted_on_validation_split_and_reported(
     cal = ham["calibration"]
     assert cal["temperature"] > 0 and "val split" in cal["fitted_on"]
     assert cal["calibrated"]["nll"] <= cal["raw"]["nll"] + 0.05
-    assert ham["score_kind"].startswith("calibrated")
+    assert "predictions file: calibrated" in ham["score_kind"]
     d7 = next(r for r in results["runs"] if r["dataset"] == "derm7pt")
-    assert "temperature" not in d7["calibration"] and d7["score_kind"].startswith("raw")
+    assert "temperature" not in d7["calibration"] and "predictions file: raw" in d7["score_kind"]
 
 
 def test_concepts_fairness_and_retrieval_sections(finished_run: tuple[dict, Path]) -> None:

@@ -37,14 +37,19 @@ from dermfm.data import Record
 from dermfm.evaluate import calibration, fairness, metrics, plots, probe, retrieval
 from dermfm.evaluate import leakage as leakage_audit
 from dermfm.evaluate.config import DatasetRef, RunConfig, RunOptions
-from dermfm.evaluate.tasks import EmbeddedSplit, concept_aurocs, embed_records
-from dermfm.knowledge import LabelSet, load_label_set, load_ontology
+from dermfm.evaluate.tasks import (
+    EmbeddedSplit,
+    concept_aurocs,
+    diagnosis_report,
+    embed_records,
+    malignancy_truth,
+    malignant_columns,
+    targets,
+)
+from dermfm.knowledge import LabelSet, load_label_set
 from dermfm.models.base import DermModel
 from dermfm.zeroshot import ZeroShotClassifier
 
-#: Ontology malignancy classes counted as positive / negative in malignant-vs-benign; other
-#: classes (premalignant, uncertain, mixed) are left out of that task.
-MALIGNANT, NOT_MALIGNANT = {"malignant"}, {"benign", "not_neoplastic"}
 #: Largest label set whose per-class AUROCs (with intervals) and ROC curves are reported.
 PER_CLASS_LIMIT = 30
 
@@ -61,7 +66,12 @@ class DatasetData:
 
 @dataclass
 class Scored:
-    """Zero-shot outputs of one model on one dataset, kept for paired model comparisons."""
+    """Zero-shot outputs of one model on one dataset, kept for paired model comparisons.
+
+    ``probs`` are the raw softmax scores every metric is computed on (as the published protocols
+    do; a temperature changes AUROCs across images); ``calibrated`` the temperature-scaled
+    probabilities shown in the predictions file, when a calibration was fitted.
+    """
 
     images: list[str]
     groups: list[str]
@@ -69,6 +79,7 @@ class Scored:
     probs: np.ndarray
     malignant_truth: np.ndarray
     malignant_score: np.ndarray | None
+    calibrated: np.ndarray | None = None
 
 
 def _cap(records: list[Record], limit: int | None, seed: int) -> list[Record]:
@@ -100,44 +111,6 @@ def load_dataset(ref: DatasetRef, seed: int = 0, apply_masks: bool = True) -> Da
         )
     splits = {name: _cap(records, ref.max_images, seed) for name, records in splits.items()}
     return DatasetData(ref, label_set, splits, read.report.to_dict())
-
-
-def targets(records: list[Record], label_set: LabelSet) -> np.ndarray:
-    """Class index of each record in ``label_set`` (-1 when its label is not in the set)."""
-    by_label = {c.label: i for i, c in enumerate(label_set.classes)}
-    by_node = {c.node: i for i, c in enumerate(label_set.classes) if c.node}
-    out = []
-    for r in records:
-        index = by_label.get(r.metadata.get("dataset_label", ""), by_node.get(r.label or "", -1))
-        out.append(index)
-    return np.asarray(out, dtype=np.int64)
-
-
-def malignancy_truth(records: list[Record]) -> np.ndarray:
-    """1 malignant, 0 benign / not neoplastic, -1 neither or unknown (left out of the task).
-
-    A dataset's own malignancy column (``metadata['malignant']``) wins over the ontology.
-    """
-    ontology = load_ontology()
-    out = []
-    for r in records:
-        flag = r.metadata.get("malignant")
-        if flag in ("0", "1"):
-            out.append(int(flag))
-            continue
-        kind = ontology.attribute(r.label, "malignancy") if r.label in ontology else None
-        out.append(1 if kind in MALIGNANT else 0 if kind in NOT_MALIGNANT else -1)
-    return np.asarray(out, dtype=np.int64)
-
-
-def malignant_columns(label_set: LabelSet) -> list[int]:
-    """Columns of the label set's classes whose ontology node is malignant."""
-    ontology = load_ontology()
-    return [
-        i
-        for i, c in enumerate(label_set.classes)
-        if c.node and ontology.attribute(c.node, "malignancy") in MALIGNANT
-    ]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -250,21 +223,22 @@ class DatasetEvaluation:
         if not test.records:
             result["error"] = "no image of the evaluated split could be embedded"
             return result, None
-        scored = None
         logits = self._classifier().logits(test.vectors).numpy()
         y = targets(test.records, self.data.label_set)
-        probs, score_kind = _softmax(logits), "raw softmax of zero-shot logits (uncalibrated)"
+        scored = self._scored(test, y, _softmax(logits))
         if "calibration" in self.tasks:
             result["calibration"] = self._calibration(logits, y)
-            if "temperature" in result["calibration"]:
+            if "scaler" in result["calibration"]:
                 scaler = calibration.TemperatureScaler.from_dict(result["calibration"]["scaler"])
-                probs = scaler.predict_proba(logits)
-                score_kind = "calibrated (temperature fitted on the validation split)"
-        result["score_kind"] = score_kind
-        scored = self._scored(test, y, probs)
+                scored.calibrated = scaler.predict_proba(logits)
+        result["score_kind"] = "metrics on raw zero-shot scores; predictions file: " + (
+            "calibrated probabilities (temperature fitted on the validation split)"
+            if scored.calibrated is not None
+            else "raw softmax scores (uncalibrated)"
+        )
         if "zeroshot" in self.tasks:
-            result["zeroshot"] = self._zeroshot(scored)
-            self._write_predictions(test.records, scored, score_kind)
+            result["zeroshot"] = self._zeroshot(test, scored)
+            self._write_predictions(test.records, scored)
         if "fairness" in self.tasks:
             result["fairness"] = self._fairness(test.records, scored)
         if "concepts" in self.tasks:
@@ -289,13 +263,13 @@ class DatasetEvaluation:
         )
 
     # ------------------------------------------------------------------ tasks
-    def _zeroshot(self, s: Scored) -> dict[str, Any]:
+    def _zeroshot(self, test: EmbeddedSplit, s: Scored) -> dict[str, Any]:
         opts, names = self.options, self.data.label_set.names
-        report = metrics.classification_report(
-            s.y,
-            s.probs,
-            names,
-            groups=s.groups,
+        report = diagnosis_report(
+            self.model,
+            test,
+            self.data.label_set,
+            templates=opts.templates,
             n_boot=opts.n_boot,
             seed=opts.seed,
             top_k=opts.top_k,
@@ -564,38 +538,34 @@ class DatasetEvaluation:
             self._embedded.pop(ref.split, None)
         return out
 
-    def _write_predictions(self, records: list[Record], s: Scored, score_kind: str) -> None:
+    def _write_predictions(self, records: list[Record], s: Scored) -> None:
+        """One row per image; probabilities are calibrated when a calibration was fitted
+        (``score_kind`` says which), ranks and classes are the same either way."""
         names = self.data.label_set.names
+        shown = s.calibrated if s.calibrated is not None else s.probs
+        kind = "calibrated" if s.calibrated is not None else "raw"
+        columns = malignant_columns(self.data.label_set)
         path = self.out_dir / "predictions" / f"{self.slug}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         k = min(5, len(names))
         keys = [key for key in self.options.subgroups if key != "age_band"] + ["age"]
-        order = np.argsort(-s.probs, axis=1)[:, :k]
+        order = np.argsort(-shown, axis=1)[:, :k]
+        header = ["image", "group", "true_class", "predicted_class", "probability", "correct"]
+        header += [f"top{j + 1}" for j in range(k)]
+        header += [f"top{j + 1}_probability" for j in range(k)]
+        header += ["malignant_truth", "malignant_probability", *keys, "score_kind"]
         with path.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            header = ["image", "group", "true_class", "predicted_class", "probability", "correct"]
-            header += [f"top{j + 1}" for j in range(k)] + [
-                f"top{j + 1}_probability" for j in range(k)
-            ]
-            header += ["malignant_truth", "malignant_score", *keys, "score_kind"]
             writer.writerow(header)
             for i, r in enumerate(records):
                 top = order[i]
+                truth = {1: "malignant", 0: "benign", -1: ""}[int(s.malignant_truth[i])]
+                malignant = f"{shown[i, columns].sum():.6f}" if columns else ""
                 writer.writerow(
-                    [
-                        r.image,
-                        r.key,
-                        names[s.y[i]],
-                        names[top[0]],
-                        f"{s.probs[i, top[0]]:.6f}",
-                        int(s.y[i] == top[0]),
-                        *(names[j] for j in top),
-                        *(f"{s.probs[i, j]:.6f}" for j in top),
-                        {1: "malignant", 0: "benign", -1: ""}[int(s.malignant_truth[i])],
-                        "" if s.malignant_score is None else f"{s.malignant_score[i]:.6f}",
-                        *(r.metadata.get(key, "") for key in keys),
-                        score_kind,
-                    ]
+                    [r.image, r.key, names[s.y[i]], names[top[0]], f"{shown[i, top[0]]:.6f}"]
+                    + [int(s.y[i] == top[0]), *(names[j] for j in top)]
+                    + [f"{shown[i, j]:.6f}" for j in top]
+                    + [truth, malignant, *(r.metadata.get(key, "") for key in keys), kind]
                 )
         self.files["predictions"] = str(path.relative_to(self.out_dir))
 
@@ -704,8 +674,5 @@ __all__ = [
     "Scored",
     "compare",
     "load_dataset",
-    "malignancy_truth",
-    "malignant_columns",
     "run_benchmark",
-    "targets",
 ]

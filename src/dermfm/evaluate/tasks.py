@@ -93,9 +93,47 @@ def embed_records(
     return EmbeddedSplit([records[i] for i in kept], vectors, failed)
 
 
-def _targets(split: EmbeddedSplit, label_set: LabelSet) -> np.ndarray:
-    position = {c.label: i for i, c in enumerate(label_set.classes)}
-    return np.array([position.get(r.metadata.get("dataset_label", ""), -1) for r in split.records])
+#: Ontology malignancy classes counted as positive / negative in malignant-vs-benign; other
+#: classes (premalignant, uncertain, mixed) are left out of that task.
+MALIGNANT, NOT_MALIGNANT = {"malignant"}, {"benign", "not_neoplastic"}
+
+
+def targets(records: Sequence[Record], label_set: LabelSet) -> np.ndarray:
+    """Class index of each record in ``label_set`` (-1 when its label is not in the set)."""
+    by_label = {c.label: i for i, c in enumerate(label_set.classes)}
+    by_node = {c.node: i for i, c in enumerate(label_set.classes) if c.node}
+    out = []
+    for r in records:
+        index = by_label.get(r.metadata.get("dataset_label", ""), by_node.get(r.label or "", -1))
+        out.append(index)
+    return np.asarray(out, dtype=np.int64)
+
+
+def malignancy_truth(records: Sequence[Record]) -> np.ndarray:
+    """1 malignant, 0 benign / not neoplastic, -1 neither or unknown (left out of the task).
+
+    A dataset's own malignancy column (``metadata['malignant']``) wins over the ontology.
+    """
+    ontology = load_ontology()
+    out = []
+    for r in records:
+        flag = r.metadata.get("malignant")
+        if flag in ("0", "1"):
+            out.append(int(flag))
+            continue
+        kind = ontology.attribute(r.label, "malignancy") if r.label in ontology else None
+        out.append(1 if kind in MALIGNANT else 0 if kind in NOT_MALIGNANT else -1)
+    return np.asarray(out, dtype=np.int64)
+
+
+def malignant_columns(label_set: LabelSet) -> list[int]:
+    """Columns of the label set's classes whose ontology node is malignant."""
+    ontology = load_ontology()
+    return [
+        i
+        for i, c in enumerate(label_set.classes)
+        if c.node and ontology.attribute(c.node, "malignancy") in MALIGNANT
+    ]
 
 
 def diagnosis_report(
@@ -105,10 +143,13 @@ def diagnosis_report(
     templates: str = "skin8",
     n_boot: int = 1000,
     seed: int = 0,
+    top_k: Sequence[int] = (1, 5),
+    per_class_auroc: bool = False,
 ) -> dict[str, Estimate]:
-    """Accuracy, balanced accuracy, macro-F1, macro AUROC and top-5 of zero-shot diagnosis."""
+    """The :func:`~dermfm.evaluate.metrics.classification_report` of zero-shot diagnosis on the
+    split's labelled records (raw softmax scores; clusters: the records' ``group``)."""
     labels = load_label_set(label_set) if isinstance(label_set, str) else label_set
-    y = _targets(split, labels)
+    y = targets(split.records, labels)
     keep = y >= 0
     if not keep.any():
         raise ValueError(f"no record carries a label of label set {labels.name!r}")
@@ -117,7 +158,14 @@ def diagnosis_report(
     )
     groups = [r.key for r, k in zip(split.records, keep, strict=True) if k]
     return classification_report(
-        y[keep], probs.numpy(), labels.names, groups=groups, n_boot=n_boot, seed=seed, top_k=(1, 5)
+        y[keep],
+        probs.numpy(),
+        labels.names,
+        groups=groups,
+        n_boot=n_boot,
+        seed=seed,
+        top_k=top_k,
+        per_class_auroc=per_class_auroc,
     )
 
 
