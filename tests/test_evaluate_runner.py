@@ -34,7 +34,12 @@ def _write_run(tmp_path: Path, shared: Path, models: list[str], **extra: object)
             },
         ],
         "tasks": ["zeroshot", "calibration", "fairness", "concepts", "retrieval"],
-        "options": {"n_boot": 50, "seed": 0, "min_group_size": 5},
+        "options": {
+            "n_boot": 50,
+            "seed": 0,
+            "min_group_size": 5,
+            "fairness_metrics": ["accuracy", "macro_auroc", "malignant_sensitivity"],
+        },
         **extra,
     }
     path = tmp_path / "run.yaml"
@@ -116,6 +121,10 @@ def test_concepts_fairness_and_retrieval_sections(finished_run: tuple[dict, Path
     ham = next(r for r in results["runs"] if r["dataset"] == "ham10000")
     sex = ham["fairness"]["sex"]
     assert sum(row["n"] for row in sex["rows"]) == ham["n_images"]
+    assert sex["metrics"] == ["accuracy", "macro_auroc", "malignant_sensitivity"]
+    # n-weighted group accuracies add back up to the overall accuracy
+    acc = sum(row["n"] * row["estimates"]["accuracy"]["value"] for row in sex["rows"])
+    assert acc / ham["n_images"] == pytest.approx(ham["zeroshot"]["metrics"]["accuracy"]["value"])
     assert set(ham["retrieval"]["metrics"]) >= {"image_to_text_R@1", "text_to_image_R@1"}
 
 
@@ -168,6 +177,13 @@ def test_run_file_errors_name_the_field(tmp_path: Path) -> None:
         yaml.safe_dump({"models": ["x"], "datasets": ["ham10000"], "options": {"n_bot": 3}})
     )
     with pytest.raises(RunConfigError, match=r"unknown key.*n_bot"):
+        load_run_config(path)
+    path.write_text(
+        yaml.safe_dump(
+            {"models": ["x"], "datasets": ["ham10000"], "options": {"fairness_metrics": ["acc"]}}
+        )
+    )
+    with pytest.raises(RunConfigError, match=r"fairness_metrics.*acc"):
         load_run_config(path)
 
 

@@ -37,6 +37,18 @@ TASKS = (
     "few_shot",
     "leakage",
 )
+#: Metrics a fairness table can break down by subgroup (the malignant ones need a label set
+#: with malignant classes).
+FAIRNESS_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "macro_auroc",
+    "malignant_auroc",
+    "malignant_sensitivity",
+    "malignant_specificity",
+)
 #: Tasks run when a run file lists none.
 DEFAULT_TASKS = ("zeroshot", "calibration", "fairness", "concepts")
 
@@ -172,6 +184,11 @@ def parse_options(raw: dict[str, Any] | None, source: str = "options") -> RunOpt
     options = replace(defaults, **values)
     if options.n_boot < 0:
         raise RunConfigError(source, "options.n_boot must be >= 0")
+    unknown = sorted(set(options.fairness_metrics) - set(FAIRNESS_METRICS))
+    if unknown:
+        raise RunConfigError(
+            source, f"options.fairness_metrics: unknown {unknown}; known: {list(FAIRNESS_METRICS)}"
+        )
     return options
 
 

@@ -79,6 +79,7 @@ class Scored:
     probs: np.ndarray
     malignant_truth: np.ndarray
     malignant_score: np.ndarray | None
+    malignant_decision: np.ndarray
     calibrated: np.ndarray | None = None
 
 
@@ -260,6 +261,7 @@ class DatasetEvaluation:
             probs=probs,
             malignant_truth=truth,
             malignant_score=probs[:, columns].sum(axis=1) if columns else None,
+            malignant_decision=np.isin(probs.argmax(axis=1), columns).astype(np.int64),
         )
 
     # ------------------------------------------------------------------ tasks
@@ -291,7 +293,7 @@ class DatasetEvaluation:
             n: (s.y == i, s.probs[:, i]) for i, n in enumerate(names) if len(names) <= 12
         }  # legible
         if s.malignant_score is not None:
-            out["malignancy"] = self._malignancy(s, pred)
+            out["malignancy"] = self._malignancy(s)
             if "auroc" in out["malignancy"]["metrics"]:
                 curves = {
                     "malignant vs benign": _known(s.malignant_truth, s.malignant_score),
@@ -301,10 +303,9 @@ class DatasetEvaluation:
             plots.plot_roc(curves, self._plot("roc"), title)
         return out
 
-    def _malignancy(self, s: Scored, pred: np.ndarray) -> dict[str, Any]:
+    def _malignancy(self, s: Scored) -> dict[str, Any]:
         assert s.malignant_score is not None
-        columns = set(malignant_columns(self.data.label_set))
-        decision = np.isin(pred, list(columns)).astype(np.int64)
+        decision = s.malignant_decision
         known = int((s.malignant_truth >= 0).sum())
         out: dict[str, Any] = {
             "definition": "score = summed probability of the label set's malignant classes "
@@ -372,26 +373,36 @@ class DatasetEvaluation:
     def _fairness(self, records: list[Record], s: Scored) -> dict[str, Any]:
         opts = self.options
         pred = s.probs.argmax(axis=1)
+        decision = s.malignant_decision
+        score = s.malignant_score if s.malignant_score is not None else np.zeros(len(pred))
+        # every metric sees the rows (y, pred, probs, malignant truth, score, decision)
         available: dict[str, Callable[..., float]] = {
-            "accuracy": lambda t, p, _mt, _ms: metrics.accuracy(t, p),
-            "balanced_accuracy": lambda t, p, _mt, _ms: metrics.balanced_accuracy(t, p),
-            "macro_f1": lambda t, p, _mt, _ms: metrics.macro_f1(t, p),
+            "accuracy": lambda t, p, *_: metrics.accuracy(t, p),
+            "balanced_accuracy": lambda t, p, *_: metrics.balanced_accuracy(t, p),
+            "macro_f1": lambda t, p, *_: metrics.macro_f1(t, p),
+            "weighted_f1": lambda t, p, *_: metrics.weighted_f1(t, p),
+            "macro_auroc": lambda t, _p, sc, *_: metrics.macro_auroc(t, sc),
         }
         if s.malignant_score is not None:
-            available["malignant_auroc"] = lambda _t, _p, mt, ms: malignant_auroc(mt, ms)
-        chosen = {k: v for k, v in available.items() if k in opts.fairness_metrics}
-        score = s.malignant_score if s.malignant_score is not None else np.zeros(len(pred))
+            available |= {
+                "malignant_auroc": lambda _t, _p, _s, mt, ms, _d: malignant_auroc(mt, ms),
+                "malignant_sensitivity": lambda _t, _p, _s, mt, _ms, d: sensitivity(mt, d),
+                "malignant_specificity": lambda _t, _p, _s, mt, _ms, d: specificity(mt, d),
+            }
+        chosen = {k: available[k] for k in opts.fairness_metrics if k in available}
         out: dict[str, Any] = {}
         for key in opts.subgroups:
             values = fairness.subgroup_values(records, key)
-            if len({v for v in values if v is not None}) < 2:
+            if not chosen or len({v for v in values if v is not None}) < 2:
                 continue
             table = fairness.subgroup_table(
                 chosen,
                 s.y,
                 pred,
+                s.probs,
                 s.malignant_truth,
                 score,
+                decision,
                 subgroups=values,
                 key=key,
                 groups=s.groups,
