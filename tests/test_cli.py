@@ -164,3 +164,81 @@ def test_eval_writes_report_and_exports_clip_benchmark_layout(
     assert "melanoma" in classnames
     again = dermfm("data", "export-wds", "derm7pt", wds, "--root", shared_data, "--split", "test")
     assert again.returncode == 2 and "exist" in again.stderr
+
+
+def test_sae_train_name_gallery_explain_bottleneck_suppress(
+    tiny_open_clip: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    sae = tmp_path / "sae"
+    trained = dermfm(
+        "sae",
+        "train",
+        sae,
+        "-m",
+        tiny_open_clip,
+        "-d",
+        "derm7pt",
+        "--root",
+        shared_data,
+        "--set",
+        "n_latents=64",
+        "--set",
+        "k=4",
+        "--set",
+        "epochs=3",
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "fve" in trained.stdout and "recovered" in trained.stdout
+    assert (sae / "sae_config.json").is_file()
+
+    named = dermfm("sae", "name", sae, "--top", "3")  # the model comes from the SAE's metadata
+    assert named.returncode == 0, named.stderr
+    assert (sae / "names.csv").is_file() and "latent" in named.stdout
+
+    gallery = dermfm(
+        "sae",
+        "gallery",
+        sae,
+        tmp_path / "gallery",
+        "-d",
+        "derm7pt",
+        "--root",
+        shared_data,
+        "--max-latents",
+        "5",
+    )
+    assert gallery.returncode == 0, gallery.stderr
+    assert (tmp_path / "gallery" / "index.html").is_file()
+
+    image = next((shared_data / "derm7pt" / "images").iterdir())
+    explained = dermfm("sae", "explain", sae, image, "--json")
+    assert explained.returncode == 0, explained.stderr
+    (entry,) = json.loads(explained.stdout)
+    assert entry["image"] == str(image) and len(entry["latents"]) <= 10
+
+    cbm = dermfm(
+        "sae", "bottleneck", sae, "-d", "derm7pt", "--root", shared_data, "--n-boot", "20", "--json"
+    )
+    assert cbm.returncode == 0, cbm.stderr
+    assert "paired" in json.loads(cbm.stdout)["comparison"]
+
+    suppressed = dermfm(
+        "sae",
+        "suppress",
+        sae,
+        "-d",
+        "derm7pt",
+        "--root",
+        shared_data,
+        "--split",
+        "test",
+        "--images",
+        "10",
+        "--min-effect",
+        "0",
+    )
+    assert suppressed.returncode == 0, suppressed.stderr
+    assert (sae / "artifacts.json").is_file()
+    dx = dermfm("diagnose", image, "-m", tiny_open_clip, "--sae", sae, "--labels", "ham7", "--json")
+    assert dx.returncode == 0, dx.stderr
+    assert json.loads(dx.stdout)[0]["suppressed"]

@@ -45,6 +45,7 @@ class Diagnosis:
     margin: float | None = None
     temperature: float | None = None
     score_kind: str = "uncalibrated softmax over the label set"
+    suppressed: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property

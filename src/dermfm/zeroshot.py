@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -42,6 +43,18 @@ def class_text_embeddings(
     return cache.cached_tensor("classifiers", key, compute, model.cacheable)
 
 
+class EmbeddingFilter(Protocol):
+    """Something that rewrites image embeddings before scoring, e.g. an artifact suppressor
+    (:class:`dermfm.interpret.artifacts.ArtifactSuppressor`)."""
+
+    #: what it removes, reported with each diagnosis (e.g. ``["ruler", "hair"]``)
+    artifacts: list[str]
+
+    def transform(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Filtered, L2-normalised embeddings of the same shape."""
+        ...
+
+
 class ZeroShotClassifier:
     """Differential diagnosis over a label set, scikit-learn style (``predict_proba``).
 
@@ -53,6 +66,8 @@ class ZeroShotClassifier:
         temperature: softmax temperature over cosine similarities; ``None`` uses the model's
             logit scale (``1 / logit_scale``), as CLIP does.
         ontology: the ontology used for roll-up (packaged one by default).
+        suppressor: an :class:`EmbeddingFilter` applied to image embeddings before scoring
+            (artifact suppression: see :func:`dermfm.interpret.load_suppressor`).
     """
 
     def __init__(
@@ -62,6 +77,7 @@ class ZeroShotClassifier:
         templates: str | Sequence[str] = "skin8",
         temperature: float | None = None,
         ontology: Ontology | None = None,
+        suppressor: EmbeddingFilter | None = None,
     ) -> None:
         if temperature is not None and temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -72,6 +88,7 @@ class ZeroShotClassifier:
             diagnosis_templates(templates) if isinstance(templates, str) else tuple(templates)
         )
         self.temperature = temperature if temperature is not None else 1.0 / self.model.logit_scale
+        self.suppressor = suppressor
         self._weights: torch.Tensor | None = None
         self._rollup_nodes, self._rollup_matrix = self._build_rollup()
 
@@ -101,7 +118,10 @@ class ZeroShotClassifier:
         return nodes, matrix
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """``(N, n_classes)`` cosine similarities divided by the temperature."""
+        """``(N, n_classes)`` cosine similarities divided by the temperature (after the
+        suppressor, when there is one)."""
+        if self.suppressor is not None:
+            embeddings = self.suppressor.transform(embeddings.float())
         return embeddings.float() @ self.weights.T / self.temperature
 
     def predict_proba(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -148,6 +168,7 @@ class ZeroShotClassifier:
             entropy=entropy,
             margin=float(top2[0] - top2[1]) if len(top2) == 2 else 1.0,
             temperature=self.temperature,
+            suppressed=sorted(set(self.suppressor.artifacts)) if self.suppressor else [],
         )
 
     def diagnose(
@@ -188,14 +209,25 @@ def diagnose(
     temperature: float | None = None,
     batch_size: int = 32,
     show_progress: bool | None = None,
+    suppress_artifacts: bool | str | Path = False,
 ) -> Diagnosis | list[Diagnosis]:
     """Zero-shot differential diagnosis in one call.
 
     Returns one :class:`Diagnosis` for a single image, or a list for a sequence of images (failed
     inputs keep their place, with ``error`` set). Probabilities are uncalibrated softmax scores
     over the label set; ``rollup`` sums them up the ontology (e.g. malignant vs benign).
+    ``suppress_artifacts``: ``True`` projects the image embeddings off the artifact directions
+    (rulers, ink, hair, dermoscope borders, gel, watermarks) of the model's shipped sparse
+    autoencoder, or of the SAE folder given as a path (:func:`dermfm.interpret.load_suppressor`).
     """
     batch, single = as_batch(images)
-    clf = ZeroShotClassifier(model, labels, templates, temperature)
+    model = resolve_model(model)
+    suppressor = None
+    if suppress_artifacts:
+        from dermfm.interpret import load_suppressor
+
+        sae = None if suppress_artifacts is True else suppress_artifacts
+        suppressor = load_suppressor(model, sae)  # type: ignore[arg-type]
+    clf = ZeroShotClassifier(model, labels, templates, temperature, suppressor=suppressor)
     results = clf.diagnose(batch, top_k=top_k, batch_size=batch_size, show_progress=show_progress)
     return results[0] if single else results
