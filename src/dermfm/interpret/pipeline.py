@@ -274,9 +274,9 @@ def find_artifacts(
     if not clean:
         raise ValueError("no readable image to draw artifacts on")
     base = sae.encode(model.embed_images(clean, show_progress=show_progress).vectors)
+    watermarked = [r for r in records if r.mask_box is not None]
     found: dict[str, list[Any]] = {}
     for kind in artifact_kinds():
-        watermarked = [r for r in records if r.mask_box is not None]
         if kind == "watermark" and watermarked:
             sample = rng.sample(watermarked, min(n, len(watermarked)))
             without, sample = _images(sample, masked=True)
