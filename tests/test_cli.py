@@ -151,6 +151,40 @@ def test_eval_writes_report_and_exports_clip_benchmark_layout(
     assert run["n_images"] == 30 and "fairness" in run and "calibration" not in run
     assert (out / "report.html").is_file()
 
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(
+        json.dumps(
+            {
+                "models": ["not-used-because-overridden"],
+                "datasets": [
+                    {
+                        "dataset": "derm7pt",
+                        "root": str(shared_data),
+                        "val_split": None,
+                        "tasks": ["zeroshot", "concepts"],
+                    },
+                ],
+                "tasks": ["zeroshot", "concepts", "retrieval"],
+                "output": str(tmp_path / "from-file"),
+            }
+        )
+    )
+    overridden = dermfm(
+        "eval",
+        run_file,
+        "-m",
+        tiny_open_clip,
+        "-t",
+        "zeroshot",
+        "--max-images",
+        "12",
+        "--set",
+        "n_boot=10",
+    )
+    assert overridden.returncode == 0, overridden.stderr
+    (run,) = json.loads((tmp_path / "from-file" / "results.json").read_text())["runs"]
+    assert run["n_images"] == 12 and "concepts" not in run and "zeroshot" in run
+
     bad = dermfm("eval", "-d", "no_such_dataset", "--root", shared_data, "-o", tmp_path / "b")
     assert bad.returncode == 1 and "no_such_dataset" in bad.stderr
 

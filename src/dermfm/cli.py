@@ -540,11 +540,23 @@ def eval_command(
         overrides[key.strip()] = yaml.safe_load(value)
     try:
         if run_file is not None:
+            if dataset:
+                raise _fail("give either a run file or --dataset, not both")
             config = load_run_config(run_file)
+            chosen = parse_tasks(task) if task else config.tasks
             config = replace(
                 config,
+                models=tuple(model) if model else config.models,
+                datasets=tuple(
+                    replace(
+                        d,
+                        max_images=max_images or d.max_images,
+                        tasks=tuple(t for t in d.tasks if t in chosen) if d.tasks else None,
+                    )
+                    for d in config.datasets
+                ),
                 options=parse_options({**config.to_dict()["options"], **overrides}),
-                tasks=parse_tasks(task) if task else config.tasks,
+                tasks=chosen,
                 output=output.resolve() if output else config.output,
             )
         else:
