@@ -26,6 +26,7 @@ from dermfm.evaluate.calibration import (
     negative_log_likelihood,
     plot_reliability,
     reliability_curve,
+    softmax,
 )
 from dermfm.evaluate.config import (
     DatasetRef,
@@ -110,6 +111,7 @@ __all__ = [
     "retrieval_metrics",
     "run_benchmark",
     "run_config_from_dict",
+    "softmax",
     "subgroup_table",
     "subgroup_values",
     "subsample",

@@ -173,6 +173,12 @@ def _log_softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def softmax(logits: ArrayLike, temperature: float = 1.0) -> NDArray[np.float64]:
+    """Row-wise softmax of ``logits / temperature`` (numerically stable); raw scores when the
+    temperature was not fitted."""
+    return np.exp(_log_softmax(np.asarray(_numpy(logits), dtype=np.float64) / temperature))
+
+
 class TemperatureScaler:
     """One temperature ``T`` for logits, fitted by maximum likelihood (scikit-learn style).
 
@@ -221,7 +227,7 @@ class TemperatureScaler:
         if temperature is None:
             raise ValueError("TemperatureScaler is not fitted: call fit(logits, y_true) first")
         z = _score_matrix(_numpy(logits), "logits").astype(np.float64)
-        return np.exp(_log_softmax(z / temperature))
+        return softmax(z, temperature)
 
     def to_dict(self) -> dict[str, Any]:
         """``{"method": "temperature", "temperature": T}``, to store next to a model."""

@@ -114,12 +114,6 @@ def load_dataset(ref: DatasetRef, seed: int = 0, apply_masks: bool = True) -> Da
     return DatasetData(ref, label_set, splits, read.report.to_dict())
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _known(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = truth >= 0
     return truth[keep], score[keep]
@@ -226,7 +220,7 @@ class DatasetEvaluation:
             return result, None
         logits = self._classifier().logits(test.vectors).numpy()
         y = targets(test.records, self.data.label_set)
-        scored = self._scored(test, y, _softmax(logits))
+        scored = self._scored(test, y, calibration.softmax(logits))
         if "calibration" in self.tasks:
             result["calibration"] = self._calibration(logits, y)
             if "scaler" in result["calibration"]:
@@ -333,7 +327,7 @@ class DatasetEvaluation:
     def _calibration(self, logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         opts, ref = self.options, self.data.ref
         groups = [r.key for r in self.embedded(ref.split).records]
-        raw = _softmax(logits)
+        raw = calibration.softmax(logits)
 
         def ece(t: np.ndarray, p: np.ndarray) -> float:
             return calibration.expected_calibration_error(t, p, n_bins=opts.calibration_bins)
