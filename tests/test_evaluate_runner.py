@@ -107,7 +107,7 @@ def test_calibration_fitted_on_validation_split_and_reported(
     ham = next(r for r in results["runs"] if r["dataset"] == "ham10000")
     cal = ham["calibration"]
     assert cal["temperature"] > 0 and "val split" in cal["fitted_on"]
-    assert cal["calibrated"]["nll"] <= cal["raw"]["nll"] + 0.05
+    assert cal["calibrated"]["nll"]["value"] <= cal["raw"]["nll"]["value"] + 0.05
     assert "predictions file: calibrated" in ham["score_kind"]
     d7 = next(r for r in results["runs"] if r["dataset"] == "derm7pt")
     assert "temperature" not in d7["calibration"] and "predictions file: raw" in d7["score_kind"]

@@ -334,11 +334,14 @@ class DatasetEvaluation:
 
         def summary(p: np.ndarray) -> dict[str, Any]:
             return {
-                "ece": metrics.bootstrap(
-                    ece, y, p, n_boot=opts.n_boot, seed=opts.seed, groups=groups, name="ece"
-                ).to_dict(),
-                "nll": calibration.negative_log_likelihood(y, p),
-                "brier": calibration.brier_score(y, p),
+                name: metrics.bootstrap(
+                    fn, y, p, n_boot=opts.n_boot, seed=opts.seed, groups=groups, name=name
+                ).to_dict()
+                for name, fn in (
+                    ("ece", ece),
+                    ("nll", calibration.negative_log_likelihood),
+                    ("brier", calibration.brier_score),
+                )
             }
 
         out: dict[str, Any] = {"n_bins": opts.calibration_bins, "raw": summary(raw)}
