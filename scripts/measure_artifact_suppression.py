@@ -168,9 +168,9 @@ def main() -> int:
     args = parser.parse_args()
 
     import dermfm
+    from dermfm.data import read_dataset
     from dermfm.interpret import default_sae_folder, load_suppressor
     from dermfm.interpret.artifacts import shortcut_split
-    from dermfm.interpret.pipeline import read_splits
     from dermfm.interpret.sae import load_sae
 
     model = dermfm.load_model()
@@ -186,7 +186,7 @@ def main() -> int:
         ),
         "experiments": {},
     }
-    ham = read_splits("ham10000", SHARED)
+    ham = read_dataset("ham10000", SHARED)
     pair = ("melanoma", "melanocytic_nevus")
     for kind in ("ruler", "ink", "hair"):
         train = shortcut_split(balanced(ham.splits["train"], pair, args.n_train, 0), pair, kind)
@@ -196,7 +196,7 @@ def main() -> int:
         results["experiments"][f"ham10000_{kind}"] = run_experiment(
             f"HAM10000 {kind}", model, sae, suppressor, train, test, False, args.n_boot
         )
-    dermnet = read_splits("dermnet_nz", SHARED)
+    dermnet = read_dataset("dermnet_nz", SHARED)
     top2 = tuple(
         label for label, _ in Counter(r.label for r in dermnet.splits["train"]).most_common(2)
     )

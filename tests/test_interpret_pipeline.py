@@ -14,12 +14,12 @@ import torch
 import yaml
 
 import dermfm
+from dermfm.data import read_dataset
 from dermfm.errors import ModelNotAvailableError
 from dermfm.interpret import default_sae_folder, load_suppressor
 from dermfm.interpret.pipeline import (
     bottleneck_report,
     find_artifacts,
-    read_splits,
     train_on_datasets,
 )
 from dermfm.interpret.sae import load_sae
@@ -29,7 +29,7 @@ from dermfm.interpret.sae import load_sae
 def mini_dataset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A spec over ~150 HAM10000 images of three classes (train / val / test)."""
     folder = tmp_path_factory.mktemp("mini")
-    ham = read_splits("ham10000", shared_data)
+    ham = read_dataset("ham10000", shared_data)
     rows = []
     for split, n in (("train", 80), ("val", 30), ("test", 40)):
         per_class: dict[str, int] = {}
@@ -61,7 +61,7 @@ def mini_dataset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_train_on_a_dataset_records_metrics_and_accuracy_recovered(
     mini_dataset: Path, oc_model, tmp_path: Path
 ) -> None:
-    data = read_splits(mini_dataset, mini_dataset.parent)
+    data = read_dataset(mini_dataset, mini_dataset.parent)
     out = tmp_path / "sae"
     result = train_on_datasets(
         oc_model,
@@ -90,7 +90,7 @@ def test_train_on_a_dataset_records_metrics_and_accuracy_recovered(
 def test_bottleneck_report_compares_with_the_probe_on_the_same_images(
     mini_dataset: Path, oc_model, tmp_path: Path
 ) -> None:
-    data = read_splits(mini_dataset, mini_dataset.parent)
+    data = read_dataset(mini_dataset, mini_dataset.parent)
     train_on_datasets(
         oc_model, [data], tmp_path / "sae", settings={"n_latents": 64, "k": 8, "epochs": 5}
     )
@@ -118,7 +118,7 @@ def test_the_bundled_model_ships_an_sae_whose_ruler_latent_responds_to_rulers(
     assert "ruler" in stored["artifacts"]
     # on test images (not the validation images the latents were found on), drawing a ruler
     # raises the stored ruler latents far more than it moves the others
-    ham = read_splits("ham10000", shared_data)
+    ham = read_dataset("ham10000", shared_data)
     _, found = find_artifacts(bundled, sae, ham.splits["test"][:300], n=40, seed=7)
     ruler = {x.latent for x in found["ruler"]}
     stored_ruler = {

@@ -104,6 +104,19 @@ def _report_failures(results: list[Any]) -> int:
     return 1 if failed else 0
 
 
+def _key_values(items: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` options as a mapping (values read as YAML: numbers, lists...)."""
+    import yaml
+
+    found: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise _fail(f"--set {item!r}: expected key=value")
+        found[key.strip()] = yaml.safe_load(value)
+    return found
+
+
 def _print_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
@@ -521,8 +534,6 @@ def eval_command(
     subgroups, concepts, retrieval, probes and a leakage audit; writes JSON + Markdown/HTML."""
     from dataclasses import replace
 
-    import yaml
-
     from dermfm.errors import DermfmError
     from dermfm.evaluate.config import (
         load_run_config,
@@ -532,12 +543,7 @@ def eval_command(
     )
     from dermfm.evaluate.runner import run_benchmark
 
-    overrides = {}
-    for item in option or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise _fail(f"--set {item!r}: expected key=value")
-        overrides[key.strip()] = yaml.safe_load(value)
+    overrides = _key_values(option)
     try:
         if run_file is not None:
             if dataset:
@@ -641,14 +647,14 @@ def _sae_and_model(folder: Path, model: str | None) -> tuple[Any, Any]:
     return sae, loaded
 
 
-def _splits(datasets: list[str] | None, root: Path) -> list[Any]:
+def _read_datasets(datasets: list[str] | None, root: Path) -> list[Any]:
+    from dermfm.data import read_dataset
     from dermfm.errors import DermfmError
-    from dermfm.interpret.pipeline import read_splits
 
     if not datasets:
         raise _fail("give at least one --dataset")
     try:
-        return [read_splits(d, root) for d in datasets]
+        return [read_dataset(d, root) for d in datasets]
     except DermfmError as exc:
         raise _fail(str(exc)) from None
 
@@ -678,19 +684,13 @@ def sae_train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing SAE folder.")] = False,
 ) -> None:
     """Train a sparse autoencoder on the cached image embeddings of datasets' split."""
-    import yaml
 
     from dermfm.errors import DermfmError
     from dermfm.interpret.pipeline import train_on_datasets
 
-    settings = {}
-    for item in option or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise _fail(f"--set {item!r}: expected key=value")
-        settings[key.strip()] = yaml.safe_load(value)
+    settings = _key_values(option)
     loaded = _load(model, None)
-    data = _splits(dataset, root)
+    data = _read_datasets(dataset, root)
     try:
         result = train_on_datasets(
             loaded,
@@ -778,7 +778,7 @@ def sae_gallery(
     from dermfm.interpret.pipeline import embed_splits, latent_names
 
     found, loaded = _sae_and_model(sae, model)
-    data = _splits(dataset, root)
+    data = _read_datasets(dataset, root)
     try:
         split_data = embed_splits(loaded, data, split, show_progress=True)
         index = write_gallery(
@@ -860,7 +860,7 @@ def sae_bottleneck(
     from dermfm.interpret.pipeline import bottleneck_report
 
     found, loaded = _sae_and_model(sae, model)
-    (data,) = _splits([dataset], root)
+    (data,) = _read_datasets([dataset], root)
     try:
         suppressor = load_suppressor(loaded, sae) if suppress_artifacts else None
         report = bottleneck_report(
@@ -902,7 +902,7 @@ def sae_suppress(
     from dermfm.interpret.pipeline import find_artifacts
 
     found, loaded = _sae_and_model(sae, model)
-    data = _splits(dataset, root)
+    data = _read_datasets(dataset, root)
     records = [r for d in data for r in d.splits.get(split, [])]
     try:
         suppressor, latents = find_artifacts(

@@ -29,7 +29,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -345,6 +345,14 @@ class DatasetRecords:
     label_set: LabelSet
     report: ReadReport
     templates: tuple[str, ...] = ()
+
+    @cached_property
+    def splits(self) -> dict[str, list[Record]]:
+        """The records grouped by split (table order kept within each)."""
+        grouped: dict[str, list[Record]] = {}
+        for record in self.records:
+            grouped.setdefault(record.split, []).append(record)
+        return grouped
 
 
 @dataclass(frozen=True)

@@ -100,11 +100,10 @@ def load_dataset(ref: DatasetRef, seed: int = 0, apply_masks: bool = True) -> Da
 
     read = read_dataset(ref.dataset, ref.root)
     label_set = load_label_set(ref.label_set) if ref.label_set else read.label_set
-    splits: dict[str, list[Record]] = {}
-    for record in read.records:
-        if not apply_masks and record.mask_box is not None:
-            record = dataclasses.replace(record, mask_box=None)
-        splits.setdefault(record.split, []).append(record)
+    splits = {
+        name: [r if apply_masks else dataclasses.replace(r, mask_box=None) for r in records]
+        for name, records in read.splits.items()
+    }
     if ref.split not in splits:
         raise ValueError(
             f"{ref.dataset}: no record in split {ref.split!r} under {ref.root}; "

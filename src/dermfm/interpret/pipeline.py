@@ -8,13 +8,12 @@ evaluation harness (dataset specs, the content-keyed embedding cache, metrics wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dermfm.data import Record, read_dataset
+from dermfm.data import DatasetRecords, Record
 from dermfm.evaluate import metrics
 from dermfm.evaluate.tasks import EmbeddedSplit, embed_records, targets
 from dermfm.knowledge import LabelSet
@@ -22,27 +21,9 @@ from dermfm.models.base import DermModel
 from dermfm.zeroshot import ZeroShotClassifier
 
 
-@dataclass
-class DatasetSplits:
-    """Records of one dataset grouped by split, with its label set."""
-
-    name: str
-    label_set: LabelSet
-    splits: dict[str, list[Record]]
-
-
-def read_splits(dataset: str | Path, root: str | Path) -> DatasetSplits:
-    """A dataset spec's records grouped by split."""
-    read = read_dataset(dataset, root)
-    splits: dict[str, list[Record]] = {}
-    for record in read.records:
-        splits.setdefault(record.split, []).append(record)
-    return DatasetSplits(read.name, read.label_set, splits)
-
-
 def embed_splits(
     model: DermModel,
-    datasets: Sequence[DatasetSplits],
+    datasets: Sequence[DatasetRecords],
     split: str,
     *,
     show_progress: bool | None = None,
@@ -170,7 +151,7 @@ def artifact_embeddings(
 
 def train_on_datasets(
     model: DermModel,
-    datasets: Sequence[DatasetSplits],
+    datasets: Sequence[DatasetRecords],
     output: str | Path,
     *,
     split: str = "train",
@@ -293,7 +274,7 @@ def find_artifacts(
 def bottleneck_report(
     model: DermModel,
     sae: Any,
-    data: DatasetSplits,
+    data: DatasetRecords,
     *,
     train_split: str = "train",
     val_split: str | None = "val",
