@@ -100,6 +100,25 @@ def test_metrics_match_sklearn_on_the_predictions_csv(finished_run: tuple[dict, 
         assert estimate["low"] <= estimate["value"] <= estimate["high"]
 
 
+def test_malignant_vs_benign_matches_sklearn_on_the_predictions_csv(
+    finished_run: tuple[dict, Path],
+) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    results, out = finished_run
+    run = next(r for r in results["runs"] if r["dataset"] == "derm7pt")  # raw scores: no val
+    with (out / run["files"]["predictions"]).open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["malignant_truth"]]
+    assert {r["score_kind"] for r in rows} == {"raw"}
+    truth = [r["malignant_truth"] == "malignant" for r in rows]
+    score = [float(r["malignant_probability"]) for r in rows]
+    found = run["zeroshot"]["malignancy"]
+    assert found["n"] == len(rows) and found["n_malignant"] == sum(truth)
+    assert found["metrics"]["auroc"]["value"] == pytest.approx(
+        roc_auc_score(truth, score), abs=1e-5
+    )
+
+
 def test_calibration_fitted_on_validation_split_and_reported(
     finished_run: tuple[dict, Path],
 ) -> None:
