@@ -188,3 +188,133 @@ def image_files(tmp_path: Path) -> dict[str, Path]:
     files["truncated"] = truncated
     files["missing"] = tmp_path / "does-not-exist.jpg"
     return files
+
+
+@pytest.fixture
+def sample_report():
+    """A hand-built consultation report (a pigmented lesion with melanoma in the differential)
+    for tests of the assistant's writers and documents."""
+    from dermfm.assistant.report import (
+        Candidate,
+        Characteristic,
+        ConditionInfo,
+        ConsultReport,
+        Differential,
+        Limitation,
+        Modality,
+        Narrative,
+        PatientDetails,
+        PredictionSet,
+        QualityCheck,
+        RuleHit,
+        SimilarCase,
+        Triage,
+    )
+
+    candidates = [
+        Candidate(
+            rank=1,
+            label="melanoma",
+            name="melanoma",
+            node="melanoma",
+            probability=0.46,
+            in_prediction_set=True,
+            malignancy="malignant",
+            urgency="urgent",
+            category="malignant melanocytic lesion",
+        ),
+        Candidate(
+            rank=2,
+            label="melanocytic nevus",
+            name="melanocytic nevus",
+            node="melanocytic_nevus",
+            probability=0.31,
+            in_prediction_set=True,
+            malignancy="benign",
+            urgency="routine",
+            category="benign melanocytic lesion",
+        ),
+        Candidate(
+            rank=3,
+            label="seborrheic keratosis",
+            name="seborrheic keratosis",
+            node="seborrheic_keratosis",
+            probability=0.12,
+            in_prediction_set=False,
+            malignancy="benign",
+            urgency="routine",
+            category="benign keratinocytic lesion",
+        ),
+    ]
+    return ConsultReport(
+        case_id="case-0001",
+        source="lesion.jpg",
+        model="dermfm-bundled",
+        status="complete",
+        quality=QualityCheck(usable=True, measures={"sharpness": 310.0, "brightness": 0.55}),
+        modality=Modality(label="dermoscopy", probability=0.93),
+        characteristics=[
+            Characteristic(
+                id="pigment_network",
+                name="pigment network",
+                group="dermoscopy",
+                score=0.71,
+                present=True,
+            ),
+            Characteristic(
+                id="blue_whitish_veil",
+                name="blue-whitish veil",
+                group="dermoscopy",
+                score=0.58,
+                present=True,
+            ),
+        ],
+        differential=Differential(
+            label_set="all",
+            candidates=candidates,
+            malignancy={"malignant": 0.5, "benign": 0.45, "not_neoplastic": 0.05},
+            probability_kind="calibrated (temperature 2.06 fitted on validation images)",
+            calibrated=True,
+            prediction_set=PredictionSet(
+                labels=["melanoma", "melanocytic nevus"],
+                names=["melanoma", "melanocytic nevus"],
+                coverage=0.9,
+                measured_coverage=0.91,
+                method="split conformal (APS)",
+                calibrated_on="HAM10000 + DermNet NZ validation splits",
+            ),
+        ),
+        triage=Triage(
+            level="urgent",
+            fired=[
+                RuleHit(
+                    rule="malignant-candidate",
+                    level="urgent",
+                    reason="melanoma (malignant) is ranked 1 with probability 0.46",
+                    advice="See a dermatologist promptly (within 2 weeks).",
+                )
+            ],
+            advice="See a dermatologist promptly (within 2 weeks).",
+        ),
+        similar_cases=[SimilarCase(rank=1, path="/cases/a.jpg", label="mel", similarity=0.83)],
+        information=[
+            ConditionInfo(
+                node="melanoma",
+                name="melanoma",
+                what_it_is="A skin cancer that starts in pigment cells.",
+                usual_course="It can grow and spread if it is not removed early.",
+                treatments="Surgical removal; further treatment depends on stage.",
+                when_to_seek_care="Promptly, if a mole is new, changing or bleeding.",
+                source="melanoma",
+            ),
+        ],
+        limitations=[
+            Limitation(
+                kind="skin_type",
+                message="Skin type not given; the model was mostly trained on lighter skin.",
+            )
+        ],
+        patient=PatientDetails(age=54, site="back", evolution=["growing"]),
+        narrative=Narrative(summary="Findings summary.", writer="template"),
+        disclaimer="This is decision support, not a diagnosis.",
+    )

@@ -106,7 +106,7 @@ def test_rollup_sums_class_probabilities_up_the_ontology(oc_model) -> None:
     probs = clf.predict_proba(torch.nn.functional.normalize(torch.randn(3, 32), dim=-1))
     onto = load_ontology()
     for row in probs:
-        result = clf._summarise("x", row, top_k=7)
+        result = clf.summarise("x", row, top_k=7)
         by_node = {r.node: r.probability for r in result.rollup}
         p = {c.node: float(v) for c, v in zip(clf.label_set.classes, row, strict=True)}
         assert by_node["skin_condition"] == pytest.approx(1.0, abs=1e-5)

@@ -8,6 +8,7 @@ The public API (everything the CLI, the server and the assistant call)::
     concepts = dermfm.annotate_concepts("lesion.jpg", model=model)
     index, report = dermfm.Index.build("cases.idx", "photos/", model=model)
     hits = index.search("blue-whitish veil", k=5)
+    report = dermfm.consult("lesion.jpg", "Should I worry?")   # grounded assistant report
 
 Heavy libraries (torch, open_clip, transformers, faiss) load on first use, so importing dermfm and
 ``dermfm --help`` stay fast. dermfm supports clinicians; it does not make diagnoses.
@@ -29,6 +30,8 @@ _EXPORTS = {
     "annotate_concepts": "dermfm.concepts",
     "ConceptAnnotator": "dermfm.concepts",
     "Index": "dermfm.retrieval",
+    "consult": "dermfm.assistant",
+    "ConsultReport": "dermfm.assistant",
     "load_image": "dermfm.io",
     "load_ontology": "dermfm.knowledge",
     "load_label_set": "dermfm.knowledge",
@@ -49,6 +52,7 @@ __all__ = [
     "ConceptAnnotation",
     "ConceptAnnotator",
     "ConceptScore",
+    "ConsultReport",
     "DermModel",
     "DermfmError",
     "Diagnosis",
@@ -62,6 +66,7 @@ __all__ = [
     "ZeroShotClassifier",
     "__version__",
     "annotate_concepts",
+    "consult",
     "diagnose",
     "list_models",
     "load_concepts",
@@ -72,6 +77,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from dermfm.assistant import ConsultReport, consult
     from dermfm.concepts import ConceptAnnotator, annotate_concepts
     from dermfm.errors import (
         DermfmError,

@@ -924,5 +924,11 @@ def sae_suppress(
     out.print(f"Written to {path}", highlight=False)
 
 
+# The assistant's commands (consult, chat, assistant ...) live with the assistant.
+from dermfm.assistant.cli import register  # noqa: E402
+
+register(app)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -134,7 +134,9 @@ class ZeroShotClassifier:
             for c in self.label_set.classes
         ]
 
-    def _summarise(self, source: str, probs: torch.Tensor, top_k: int) -> Diagnosis:
+    def summarise(self, source: str, probs: torch.Tensor, top_k: int = 5) -> Diagnosis:
+        """The :class:`Diagnosis` of one image from its class probabilities ``(n_classes,)``
+        (top-k predictions, ontology roll-up, malignancy and urgency mass, entropy, margin)."""
         classes = self.label_set.classes
         order = torch.argsort(probs, descending=True).tolist()
         predictions = [
@@ -196,7 +198,7 @@ class ZeroShotClassifier:
                     )
                 )
             else:
-                results.append(self._summarise(source, probs[row[i]], top_k))
+                results.append(self.summarise(source, probs[row[i]], top_k))
         return results
 
 

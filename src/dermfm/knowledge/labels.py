@@ -86,15 +86,39 @@ def _free_text_class(text: str, ontology: Ontology) -> LabelClass:
     return LabelClass(label=text, name=text, node=node.id if node else None)
 
 
+def _union(
+    name: str, members: Any, sets: dict[str, LabelSet], source: str | Path
+) -> tuple[LabelClass, ...]:
+    """Classes of earlier label sets merged by ontology node (the first name of a node wins;
+    the label is the node id, or the class label for classes outside the ontology)."""
+    if not isinstance(members, list) or not members:
+        raise KnowledgeError(source, f"label set '{name}': 'union_of' must be a non-empty list")
+    merged: dict[str, LabelClass] = {}
+    for member in members:
+        if member not in sets:
+            raise KnowledgeError(
+                source, f"label set '{name}': union_of names '{member}', not an earlier set"
+            )
+        for c in sets[member].classes:
+            key = c.node or c.label
+            merged.setdefault(key, LabelClass(label=key, name=c.name, node=c.node))
+    return tuple(merged.values())
+
+
 @lru_cache(maxsize=4)
 def _packaged_sets(ontology: Ontology) -> dict[str, LabelSet]:
     path = packaged("label_sets.yaml")
     doc = read_document(path)
     sets: dict[str, LabelSet] = {}
     for set_name, spec in (doc.get("label_sets") or {}).items():
+        classes = (
+            _union(set_name, spec["union_of"], sets, path)
+            if "union_of" in spec
+            else _parse_classes(set_name, spec.get("classes"), ontology, path)
+        )
         sets[set_name] = LabelSet(
             name=set_name,
-            classes=_parse_classes(set_name, spec.get("classes"), ontology, path),
+            classes=classes,
             description=str(spec.get("description", "")),
             modality=str(spec.get("modality", "mixed")),
             source=str(path),

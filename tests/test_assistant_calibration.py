@@ -1,0 +1,85 @@
+"""The assistant's calibration: the conformal threshold, its coverage, storage with the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dermfm.assistant.calibration import (
+    AssistantCalibration,
+    CalibrationError,
+    GroupCalibration,
+    _conformal_threshold,
+    load_calibration,
+)
+
+
+def test_conformal_threshold_is_the_finite_sample_quantile() -> None:
+    # p(true) = 0.9, 0.8, ..., 0.1 -> scores 0.1 ... 0.9; n = 9, coverage 0.8:
+    # level ceil(10 * 0.8) / 9 = 8/9 -> the 8th smallest score (0.8) -> threshold 0.2
+    p_true = np.linspace(0.9, 0.1, 9)
+    probs = np.stack([p_true, 1 - p_true], axis=1)
+    assert _conformal_threshold(probs, np.zeros(9, dtype=int), 0.8) == pytest.approx(0.2)
+
+
+def _calibration(threshold: float) -> AssistantCalibration:
+    group = GroupCalibration(
+        temperature=1.0, threshold=threshold, n_calibration=1, calibrated_on="test"
+    )
+    return AssistantCalibration(
+        model="m",
+        label_set="s",
+        templates="t",
+        coverage=0.9,
+        groups={"dermoscopy": group},
+        limits={},
+        modality_accuracy={},
+    )
+
+
+def test_prediction_sets_reach_their_coverage_on_exchangeable_data() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 4000, 12
+    probs = rng.dirichlet(np.full(k, 0.3), size=n)
+    y = np.array([rng.choice(k, p=p) for p in probs])  # labels drawn from the probabilities
+    threshold = _conformal_threshold(probs[:2000], y[:2000], 0.9)
+    calibration = _calibration(threshold)
+    sets = [calibration.prediction_set(torch.tensor(p), "dermoscopy") for p in probs[2000:]]
+    coverage = np.mean([t in s for t, s in zip(y[2000:], sets, strict=True)])
+    assert 0.88 <= coverage <= 0.93
+    assert all(s[0] == int(np.argmax(p)) for s, p in zip(sets, probs[2000:], strict=True))
+
+
+def test_save_refuses_to_overwrite_and_load_round_trips(tmp_path: Path) -> None:
+    calibration = _calibration(0.05)
+    calibration.save(tmp_path)
+    with pytest.raises(FileExistsError):
+        calibration.save(tmp_path)
+    assert AssistantCalibration.load(tmp_path) == calibration
+
+
+def test_broken_calibration_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "calibration.json").write_text(json.dumps({"model": "m"}), encoding="utf-8")
+    with pytest.raises(CalibrationError, match=r"calibration\.json"):
+        AssistantCalibration.load(tmp_path)
+
+
+def test_bundled_model_ships_a_calibration_with_measured_coverage() -> None:
+    from dermfm.models import load_model
+
+    calibration = load_calibration(load_model())
+    assert calibration is not None and calibration.label_set == "assistant"
+    for modality, group in calibration.groups.items():
+        assert group.n_calibration > 300, modality
+        measured = group.measured
+        # measured on test images the calibration never saw; stated in every report
+        assert abs(measured["coverage"] - calibration.coverage) < 0.05, modality
+        assert measured["ece_calibrated"] < 0.1
+
+
+def test_a_model_without_calibration_has_none(oc_model) -> None:
+    assert load_calibration(oc_model) is None
