@@ -630,6 +630,11 @@ def test_validation_schema(sample_report):
     assert (
         validate_output({"summary": "s", "answer": "a", "extra": 1}, findings, question="q") == []
     )
+    # a small model echoing the reply format of the prompt (seen with Gemma 3 270M)
+    echoed = {"summary": "<a short summary of the findings>", "answer": None}
+    assert [v.kind for v in validate_output(echoed, findings)] == ["schema"]
+    rounded = {"summary": "melanoma (<1%) and nevus (>99%) are listed.", "answer": None}
+    assert validate_output(rounded, findings) == []
 
 
 @pytest.mark.parametrize("label_set", ["ham7", "derm7pt"])

@@ -183,7 +183,9 @@ def _write_documents(report: Any, folder: Path, formats: str, overwrite: bool) -
 
 
 def consult_command(
-    images: Annotated[list[Path], typer.Argument(help="Skin photos (one report each).")],
+    images: Annotated[
+        list[Path] | None, typer.Argument(help="Skin photos (one report each).")
+    ] = None,
     question: Annotated[
         str | None, typer.Option("--question", "-q", help="A question about the image.")
     ] = None,
@@ -230,6 +232,8 @@ def consult_command(
     if schema:
         _print_json(ConsultReport.model_json_schema())
         raise typer.Exit(0)
+    if not images:
+        raise _fail("give at least one image (or --schema)")
     patient = _patient(
         age=age, sex=sex, site=site, duration=duration, skin_type=skin_type, modality=modality
     )

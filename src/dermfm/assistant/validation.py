@@ -215,6 +215,11 @@ def validate_output(
     elif question is not None and not (answer or "").strip():
         violations.append(Violation("empty", "no answer to the question"))
     text = "\n".join(t for t in (summary, answer) if isinstance(t, str))
+    # a weak model may copy the reply format of the prompt ("<a short summary ...>")
+    violations += [
+        Violation("schema", f"schema: placeholder copied from the prompt '{m[0][:40]}'")
+        for m in re.finditer(r"<[A-Za-z][^<>\n]{2,}>", text)
+    ]
     vocab = _vocabulary(load_ontology())
     violations += [
         Violation("unsupported_diagnosis", f"unsupported diagnosis '{name}'")
