@@ -162,3 +162,24 @@ def test_bad_knowledge_files_name_the_file_and_the_problem(
 def test_unknown_label_set_lists_the_packaged_ones() -> None:
     with pytest.raises(KnowledgeError, match="ham7"):
         load_label_set("no-such-set")
+
+
+def test_assistant_label_set_is_the_union_of_the_development_sets_by_node() -> None:
+    from dermfm.knowledge import load_label_set
+
+    members = [load_label_set(n) for n in ("ham7", "derm7pt", "dermnet")]
+    union = load_label_set("assistant")
+    expected = {c.node for s in members for c in s.classes if c.node}
+    nodes = [c.node for c in union.classes]
+    assert set(nodes) == expected and len(nodes) == len(set(nodes))
+    assert all(c.label == c.node for c in union.classes)
+    # the first set's prompt name wins (ham7 before dermnet)
+    ham_names = {c.node: c.name for c in members[0].classes}
+    assert all(c.name == ham_names[c.node] for c in union.classes if c.node in ham_names)
+
+
+def test_a_union_naming_an_unknown_set_is_an_error() -> None:
+    from dermfm.knowledge.labels import _union
+
+    with pytest.raises(KnowledgeError, match="union_of names 'nope'"):
+        _union("mine", ["nope"], {}, "label_sets.yaml")
