@@ -49,6 +49,9 @@ def test_consult_table_schema_and_option_errors(ham) -> None:
     table = dermfm("consult", ham[0][0])
     assert table.returncode == 0
     assert "Triage:" in table.stdout and "not a diagnosis" in table.stdout
+    markdown = dermfm("consult", ham[0][0], "--markdown")
+    assert markdown.returncode == 0
+    assert markdown.stdout.lstrip().startswith("#") and "| " in markdown.stdout
     schema = json.loads(dermfm("consult", "--schema").stdout)
     assert {"differential", "triage", "quality", "disclaimer"} <= set(schema["properties"])
     bad_age = dermfm("consult", ham[0][0], "--age", "200")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -222,6 +223,9 @@ def consult_command(
     schema: Annotated[
         bool, typer.Option("--schema", help="Print the report's JSON schema.")
     ] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the full reports as Markdown.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """A grounded consultation report per image: quality check, modality, characteristics,
@@ -251,6 +255,10 @@ def consult_command(
     reports = [assistant.consult(image, question, patient) for image in images]
     if json_out:
         _print_json([r.model_dump(mode="json") for r in reports])
+    elif markdown:
+        from dermfm.assistant.documents import report_markdown
+
+        sys.stdout.write("\n\n".join(report_markdown(r) for r in reports) + "\n")
     else:
         for report in reports:
             _print_report(report)
