@@ -176,3 +176,10 @@ def test_bad_rule_files_name_the_file_and_problem(tmp_path: Path, body: str, pro
         load_rules([bad])
     assert "bad_rules.yaml" in str(info.value)
     assert problem in str(info.value)
+
+
+def test_near_certain_scores_never_read_as_certain() -> None:
+    dx = _dx(_cand(1, "melanoma", 0.998, "malignant", "urgent"), malignant_mass=0.999)
+    result = triage(RULES, dx, PatientDetails())
+    reasons = " ".join(h.reason for h in result.fired)
+    assert "100%" not in reasons and ">99%" in reasons

@@ -646,3 +646,18 @@ def test_template_is_clean_for_every_class_of_a_label_set(sample_report, label_s
             output = TemplateWriter().write(findings, question, [])
             assert cls.name in output["summary"]
             assert validate_output(output, findings, question=question) == [], cls.name
+
+
+def test_a_near_certain_candidate_is_written_without_a_certainty_claim(sample_report):
+    from dermfm.assistant.rules import load_rules, triage
+
+    top = sample_report.differential.candidates[0].model_copy(update={"probability": 0.998})
+    differential = sample_report.differential.model_copy(
+        update={"candidates": [top], "malignancy": {"malignant": 0.998}}
+    )
+    report = sample_report.model_copy(update={"differential": differential})
+    report = report.model_copy(
+        update={"triage": triage(load_rules(), differential, report.patient)}
+    )
+    narrative = write_narrative(TemplateWriter(), report, "How sure is it?")
+    assert "100%" not in narrative.summary + (narrative.answer or "")

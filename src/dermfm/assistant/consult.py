@@ -42,6 +42,7 @@ from dermfm.assistant.report import (
     PredictionSet,
     SimilarCase,
     Triage,
+    percent,
 )
 from dermfm.errors import ImageError
 from dermfm.io import ImageInput, load_image
@@ -111,10 +112,6 @@ def context_templates(
         except KeyError:
             continue
     return out
-
-
-def _percent(value: float) -> str:
-    return f"{value:.0%}"
 
 
 class Assistant:
@@ -350,7 +347,7 @@ class Assistant:
                 add("uncalibrated")
             top = differential.candidates[0]
             if top.probability < float(lim["low_confidence_probability"]):
-                add("low_confidence", probability=_percent(top.probability))
+                add("low_confidence", probability=percent(top.probability))
             ps = differential.prediction_set
             if ps and len(ps.labels) > int(lim["large_prediction_set"]):
                 add("large_prediction_set", n=len(ps.labels))
@@ -360,7 +357,7 @@ class Assistant:
             if not modality.given and modality.probability < 0.75:
                 add(
                     "modality_uncertain",
-                    probability=_percent(modality.probability),
+                    probability=percent(modality.probability),
                     label=modality.label,
                 )
             if self.calibration and modality.label in self.calibration.groups:
@@ -370,7 +367,7 @@ class Assistant:
                     add(
                         "weak_modality",
                         modality=modality.label,
-                        accuracy=_percent(accuracy),
+                        accuracy=percent(accuracy),
                         n=int(measured.get("n_test", 0)),
                     )
         patient = report.patient

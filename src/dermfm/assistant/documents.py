@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dermfm.assistant.readability import flesch_kincaid_grade
-from dermfm.assistant.report import Candidate, ConditionInfo, ConsultReport
+from dermfm.assistant.report import Candidate, ConditionInfo, ConsultReport, percent
 from dermfm.errors import KnowledgeError
 from dermfm.knowledge._files import read_document, require, string_list
 
@@ -105,10 +105,6 @@ def _num(value: float) -> str:
     return f"{value:.2f}"
 
 
-def _pct(value: float) -> str:
-    return f"{value:.0%}"
-
-
 def _answer(t: DocumentTexts, flag: bool) -> str:
     return t.text("common.answer_yes" if flag else "common.answer_no")
 
@@ -186,12 +182,12 @@ def _differential_blocks(report: ConsultReport, t: DocumentTexts) -> list[str]:
         line = t.text(
             "common.prediction_set",
             names=", ".join(ps.names) or t.text("common.missing"),
-            coverage=_pct(ps.coverage),
+            coverage=percent(ps.coverage),
             method=ps.method,
             calibrated_on=ps.calibrated_on,
         )
         if ps.measured_coverage is not None:
-            line += " " + t.text("common.measured_coverage", measured=_pct(ps.measured_coverage))
+            line += " " + t.text("common.measured_coverage", measured=percent(ps.measured_coverage))
         blocks.append(line)
     return blocks
 

@@ -23,6 +23,15 @@ URGENCY_LEVELS: tuple[str, ...] = ("none", "routine", "soon", "urgent", "emergen
 Urgency = Literal["none", "routine", "soon", "urgent", "emergency"]
 
 
+def percent(p: float) -> str:
+    """A probability as a rounded percentage that never reads as certain (``>99%``, ``<1%``)."""
+    if p >= 0.995:
+        return ">99%"
+    if p < 0.005:
+        return "<1%"
+    return f"{round(p * 100)}%"
+
+
 def now() -> str:
     """The current UTC time as an ISO 8601 string (report and message timestamps)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -307,4 +316,5 @@ __all__ = [
     "Triage",
     "Urgency",
     "now",
+    "percent",
 ]

@@ -18,6 +18,7 @@ from dermfm.assistant.report import (
     PatientDetails,
     RuleHit,
     Triage,
+    percent,
 )
 from dermfm.errors import KnowledgeError
 from dermfm.knowledge._files import read_document, require
@@ -110,7 +111,7 @@ def _candidate_match(cond: Mapping[str, Any], differential: Differential) -> dic
             return {
                 "name": c.name,
                 "rank": c.rank,
-                "probability": f"{c.probability:.0%}",
+                "probability": percent(c.probability),
                 "malignancy": c.malignancy,
                 "urgency": c.urgency,
             }
@@ -136,7 +137,7 @@ def _condition(
     if kind == "candidate":
         return _candidate_match(cond, differential)
     mass = sum(malignancy_classes.get(cond["attribute"], {}).get(v, 0.0) for v in cond["values"])
-    return {"probability": f"{mass:.0%}"} if mass >= cond["min_probability"] else None
+    return {"probability": percent(mass)} if mass >= cond["min_probability"] else None
 
 
 def triage(

@@ -36,6 +36,7 @@ from dermfm.assistant.report import (
     PatientDetails,
     QualityCheck,
     Triage,
+    percent,
 )
 from dermfm.assistant.validation import (
     CONFIG_FILE,
@@ -83,15 +84,6 @@ def _say(key: str, **values: Any) -> str:
         raise KnowledgeError(CONFIG_FILE, f"template.{key}: unknown placeholder {exc}") from exc
 
 
-def _percent(p: float) -> str:
-    """A probability as a rounded percentage that never reads as certain."""
-    if p >= 0.995:
-        return ">99%"
-    if p < 0.005:
-        return "<1%"
-    return f"{round(p * 100)}%"
-
-
 def _listing(items: Sequence[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
@@ -103,7 +95,7 @@ def _sentence(text: str) -> str:
 
 
 def _candidates(candidates: Sequence[Candidate]) -> str:
-    return _listing([f"{c.name} ({_percent(c.probability)})" for c in candidates])
+    return _listing([f"{c.name} ({percent(c.probability)})" for c in candidates])
 
 
 class _Findings:
@@ -158,7 +150,7 @@ class _Findings:
         measured = (
             ""
             if ps.measured_coverage is None
-            else " " + _say("measured_coverage", measured=_percent(ps.measured_coverage))
+            else " " + _say("measured_coverage", measured=percent(ps.measured_coverage))
         )
         large = len(ps.names) > int(_say("prediction_set_max_listed"))
         return _say(
@@ -166,7 +158,7 @@ class _Findings:
             n=len(ps.names),
             names=_listing(ps.names) if ps.names else "empty",
             calibrated_on=ps.calibrated_on,
-            coverage=_percent(ps.coverage),
+            coverage=percent(ps.coverage),
             measured=measured,
         )
 
@@ -315,7 +307,7 @@ class TemplateWriter:
                 "answers.confidence",
                 top=cands[0].name,
                 kind_short=kind,
-                probability=_percent(cands[0].probability),
+                probability=percent(cands[0].probability),
             )
         ]
         if len(cands) > 1:
@@ -323,7 +315,7 @@ class TemplateWriter:
                 _say(
                     "answers.confidence_next",
                     second=cands[1].name,
-                    probability=_percent(cands[1].probability),
+                    probability=percent(cands[1].probability),
                 )
             )
         return [*out, view.prediction_set(), _say("answers.confidence_close")]
@@ -334,7 +326,7 @@ class TemplateWriter:
         assert d is not None
         out = []
         if "malignant" in d.malignancy:
-            out.append(_say("answers.serious_mass", malignant=_percent(d.malignancy["malignant"])))
+            out.append(_say("answers.serious_mass", malignant=percent(d.malignancy["malignant"])))
         risky = [c for c in d.candidates if c.malignancy in ("malignant", "premalignant")]
         out.append(
             _say("answers.serious_candidates", candidates=_candidates(risky))
