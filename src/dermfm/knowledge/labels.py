@@ -1,4 +1,5 @@
-"""Named label sets (ham7, pad6, derm7pt, f17k114, dermnet, assistant, all) and user-defined ones."""
+"""Named label sets (ham7, pad6, derm7pt, f17k114, dermnet, assistant, all) and user-defined
+ones."""
 
 from __future__ import annotations
 
