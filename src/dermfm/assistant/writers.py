@@ -164,7 +164,7 @@ class _Findings:
 
     def triage_sentences(self, key: str = "triage") -> list[str]:
         out = [_say(key, level=self.triage.level, advice=_sentence(self.triage.advice))]
-        reasons = [hit.reason for hit in self.triage.fired]
+        reasons = [hit.reason.rstrip(".") for hit in self.triage.fired]
         out.append(
             _say("triage_reasons", reasons="; ".join(reasons)) if reasons else _say("no_rules")
         )
@@ -393,7 +393,7 @@ class TemplateWriter:
                 )
         else:
             out.append(_say("answers.details_not_used"))
-        reasons = [hit.reason for hit in view.triage.fired]
+        reasons = [hit.reason.rstrip(".") for hit in view.triage.fired]
         if reasons:
             out.append(_say("answers.details_rules", reasons="; ".join(reasons)))
         return out
