@@ -25,3 +25,13 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] &&
     echo "$want" >"$stamp"
 fi
 # The bundled model ships inside the package: there is nothing to download.
+# The web app's browser tests drive Debian's Chromium (never a downloaded browser).
+if [ "$extras" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+        echo "dermfm setup: installing Debian's chromium for the browser tests"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null ||
+            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+    else
+        echo "dermfm setup: chromium is missing (apt-get install chromium); browser tests will skip"
+    fi
+fi

@@ -924,10 +924,13 @@ def sae_suppress(
     out.print(f"Written to {path}", highlight=False)
 
 
-# The assistant's commands (consult, chat, assistant ...) live with the assistant.
+# The assistant's commands (consult, chat, assistant ...) live with the assistant, the
+# server's (serve, server ...) with the server.
 from dermfm.assistant.cli import register  # noqa: E402
+from dermfm.server.cli import register as register_server  # noqa: E402
 
 register(app)
+register_server(app)
 
 
 if __name__ == "__main__":  # pragma: no cover

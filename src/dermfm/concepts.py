@@ -114,16 +114,25 @@ class ConceptAnnotator:
         row = {i: r for r, i in enumerate(embedded.ok)}
         out = []
         for i, source in enumerate(embedded.sources):
-            result = ConceptAnnotation(source, self.model.name, threshold=self.threshold)
             if i in embedded.errors:
+                result = ConceptAnnotation(source, self.model.name, threshold=self.threshold)
                 result.error = embedded.errors[i].reason
             else:
-                result.scores = [
-                    ConceptScore(c.id, c.name, c.group, float(s), bool(s >= self.threshold))
-                    for c, s in zip(self.vocabulary, table[row[i]].tolist(), strict=True)
-                ]
+                result = self.annotation(source, table[row[i]])
             out.append(result)
         return out
+
+    def annotation(self, source: str, scores: torch.Tensor) -> ConceptAnnotation:
+        """The :class:`ConceptAnnotation` of one image from its row of :meth:`scores`."""
+        return ConceptAnnotation(
+            source,
+            self.model.name,
+            scores=[
+                ConceptScore(c.id, c.name, c.group, float(s), bool(s >= self.threshold))
+                for c, s in zip(self.vocabulary, scores.tolist(), strict=True)
+            ],
+            threshold=self.threshold,
+        )
 
 
 def annotate_concepts(

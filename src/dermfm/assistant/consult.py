@@ -18,7 +18,7 @@ rules, knowledge base, writer, case index) and :meth:`Assistant.consult` runs th
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,6 +131,8 @@ class Assistant:
             report says so).
         suppress_artifacts: project artifact directions out of the embedding first (``True``:
             the model's shipped SAE; a path: that SAE folder).
+        encode: embeds one preprocessed image ``(3, H, W)`` to ``(D,)`` instead of calling the
+            model directly (the server passes its micro-batcher).
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class Assistant:
         settings: str | Path | None = None,
         skin_reference: str | Path | bool | None = None,
         suppress_artifacts: bool | str | Path = False,
+        encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         from dermfm.assistant.rules import load_rules
         from dermfm.assistant.writers import TemplateWriter
@@ -154,6 +157,7 @@ class Assistant:
         from dermfm.zeroshot import ZeroShotClassifier
 
         self.model = resolve_model(model)
+        self.encode = encode or (lambda pixels: self.model.encode_images(pixels[None])[0])
         self.settings = load_settings(settings)
         self.calibration: AssistantCalibration | None = (
             None
@@ -186,8 +190,7 @@ class Assistant:
     # ------------------------------------------------------------------ steps
 
     def _embed(self, image: Any) -> torch.Tensor:
-        pixels = self.model.preprocess(image).unsqueeze(0)
-        embedding = self.model.encode_images(pixels)[0]
+        embedding = self.encode(self.model.preprocess(image))
         if self.suppressor is not None:  # one embedding for every step: artifacts removed
             embedding = self.suppressor.transform(embedding[None])[0]
         return embedding

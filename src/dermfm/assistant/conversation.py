@@ -173,10 +173,12 @@ class Consultation:
         patient: PatientDetails | None = None,
         question: str | None = None,
         store: CaseStore | None = None,
+        source: str | None = None,
     ) -> Consultation:
-        """Consult the image and open its case (saved when a store is given)."""
+        """Consult the image and open its case (saved when a store is given). ``source`` names
+        the image in the case (default: its path)."""
         case_id = store.new_id() if store else uuid.uuid4().hex[:12]
-        source = str(image) if isinstance(image, str | Path) else "<image>"
+        source = source or (str(image) if isinstance(image, str | Path) else "<image>")
         stored = store.store_image(case_id, image) if store else None
         case = Case(
             case_id=case_id, source=source, image=stored, patient=patient or PatientDetails()
@@ -213,6 +215,25 @@ class Consultation:
     def _save(self) -> None:
         if self.store is not None:
             self.store.save(self.case)
+
+    def update(self, patient: PatientDetails) -> bool:
+        """Replace the patient details (e.g. from a form); the report is recomputed when a
+        field that changes the findings changed. Returns whether it was."""
+        old = self.case.patient
+        changed = {f for f in REPORT_FIELDS if getattr(old, f) != getattr(patient, f)}
+        self.case.patient = patient
+        if changed:
+            self.case.reports.append(
+                self.assistant.consult(
+                    self._image(),
+                    None,
+                    patient,
+                    case_id=self.case.case_id,
+                    history=self.case.messages,
+                )
+            )
+        self._save()
+        return bool(changed)
 
     def ask(self, text: str) -> Reply:
         """Answer one message. Patient details in it are recorded; when they change the

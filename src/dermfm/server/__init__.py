@@ -1,0 +1,1 @@
+"""dermfm's server: REST API, web app and case store, started by ``dermfm serve``."""

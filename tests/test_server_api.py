@@ -1,0 +1,237 @@
+"""The REST API on a real server: uvicorn on a loopback port, SQLite on disk, the bundled model.
+
+Covers access control (no, unknown, expired and another user's token), the consult -> chat ->
+documents -> export -> delete life of a case with its audit log, EXIF/GPS removal, inference
+equal to the library's, limits and error bodies, and schemathesis against the OpenAPI spec.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+
+
+@dataclass
+class Live:
+    url: str
+    data: Path
+    tokens: dict[str, str]
+
+    def client(self, user: str | None = "alice") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data: Path, **options: object) -> tuple[str, object, threading.Thread]:
+    import uvicorn
+
+    from dermfm.server.app import create_app
+    from dermfm.server.settings import ServerSettings
+
+    app = create_app(ServerSettings(data_dir=data, **options))  # type: ignore[arg-type]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
+                return url, server, thread
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    from dermfm.server.settings import ServerSettings
+    from dermfm.server.store import Database
+
+    data = tmp_path_factory.mktemp("server")
+    database = Database(ServerSettings(data_dir=data).url)
+    tokens = {}
+    for name, role in (("alice", "clinician"), ("bob", "clinician"), ("root", "admin")):
+        database.create_user(name, role, f"{name}-password")
+        tokens[name] = database.create_token(name, days=1, kind="api")[0]
+    url, server, thread = start_server(data)
+    yield Live(url, data, tokens)
+    server.should_exit = True  # type: ignore[attr-defined]
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def melanoma(shared_data: Path) -> Path:
+    with (shared_data / "ham10000" / "labels.csv").open(newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["label"] == "mel")
+    return shared_data / "ham10000" / row["file"]
+
+
+def with_gps(path: Path) -> bytes:
+    """The photo re-saved with a GPS position and a camera model in its EXIF."""
+    image = Image.open(path).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0110] = "PhoneCam 12"  # Model
+    exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0), 3: "W", 4: (0.0, 7.0, 0.0)}  # GPS IFD
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif)
+    data = buffer.getvalue()
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(0x8825)  # the GPS block is there
+    return data
+
+
+def test_health_needs_no_token_but_everything_else_does(live: Live) -> None:
+    assert httpx.get(live.url + "/api/health").json()["status"] == "ok"
+    with live.client(None) as anonymous:
+        for method, path in (("GET", "/api/cases"), ("GET", "/api/me"), ("POST", "/api/diagnose")):
+            response = anonymous.request(method, path)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "unauthorized"
+    wrong = httpx.get(live.url + "/api/me", headers={"Authorization": "Bearer not-a-token"})
+    assert wrong.status_code == 401 and "unknown or expired" in wrong.json()["error"]["message"]
+
+
+def test_expired_tokens_are_refused(live: Live) -> None:
+    from dermfm.server.db import TokenRow
+    from dermfm.server.settings import ServerSettings
+    from dermfm.server.store import Database, token_sha256
+
+    database = Database(ServerSettings(data_dir=live.data).url)
+    token, _ = database.create_token("alice", hours=1, kind="api")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(live.url + "/api/me", headers=headers).status_code == 200
+    with database.transaction() as session:  # an hour later: the token has expired
+        row = session.query(TokenRow).filter_by(token_sha256=token_sha256(token)).one()
+        row.expires_at = "2000-01-01T00:00:00+00:00"
+    response = httpx.get(live.url + "/api/me", headers=headers)
+    assert response.status_code == 401
+
+
+def test_login_gives_a_session_token(live: Live) -> None:
+    bad = httpx.post(live.url + "/api/login", json={"username": "alice", "password": "nope"})
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthorized"
+    good = httpx.post(
+        live.url + "/api/login", json={"username": "alice", "password": "alice-password"}
+    )
+    assert good.status_code == 200
+    me = httpx.get(
+        live.url + "/api/me", headers={"Authorization": f"Bearer {good.json()['token']}"}
+    )
+    assert me.json() == {"name": "alice", "role": "clinician"}
+
+
+def test_a_case_from_upload_to_deletion(live: Live, melanoma: Path) -> None:
+    with live.client("alice") as alice, live.client("bob") as bob, live.client("root") as root:
+        created = alice.post(
+            "/api/cases",
+            files={"image": ("mole.jpg", with_gps(melanoma), "image/jpeg")},
+            data={"question": "Should I worry?", "age": "61", "site": "back"},
+        )
+        assert created.status_code == 201, created.text
+        case_id = created.json()["case"]["case_id"]
+        report = created.json()["report"]
+        assert report["status"] == "complete" and report["patient"]["age"] == 61
+        assert report["narrative"]["answer"]
+
+        # the stored image has no metadata at all
+        stored = alice.get(f"/api/cases/{case_id}/image")
+        assert stored.status_code == 200
+        image = Image.open(io.BytesIO(stored.content))
+        assert len(image.getexif()) == 0 and "exif" not in image.info
+        assert image.size == Image.open(melanoma).size
+
+        # another clinician cannot see it; an admin can
+        assert bob.get(f"/api/cases/{case_id}").status_code == 404
+        assert bob.delete(f"/api/cases/{case_id}").status_code == 404
+        assert root.get(f"/api/cases/{case_id}").status_code == 200
+        listed = alice.get("/api/cases", params={"q": "mole"}).json()
+        assert case_id in [c["case_id"] for c in listed["cases"]]
+        assert case_id not in [c["case_id"] for c in bob.get("/api/cases").json()["cases"]]
+
+        reply = alice.post(
+            f"/api/cases/{case_id}/messages", json={"text": "It has been growing for 3 months."}
+        )
+        assert reply.status_code == 200 and reply.json()["report_updated"]
+        patched = alice.patch(f"/api/cases/{case_id}", json={"patient": {"skin_type": "V"}})
+        assert patched.status_code == 200
+        case = alice.get(f"/api/cases/{case_id}").json()
+        assert len(case["reports"]) == 3 and len(case["messages"]) == 4
+        assert case["patient"]["skin_type"] == "V"
+
+        pdf = alice.get(f"/api/cases/{case_id}/documents/soap.pdf")
+        assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+        assert alice.get(f"/api/cases/{case_id}/documents/poem.txt").status_code == 404
+        export = alice.get(f"/api/cases/{case_id}/export")
+        names = zipfile.ZipFile(io.BytesIO(export.content)).namelist()
+        assert "case.json" in names and any(n.startswith("image") for n in names)
+
+        assert alice.delete(f"/api/cases/{case_id}").status_code == 204
+        assert alice.get(f"/api/cases/{case_id}").status_code == 404
+        actions = [e["action"] for e in root.get("/api/audit", params={"case_id": case_id}).json()]
+        assert actions[0] == "create" and actions[-1] == "delete"
+        assert {"view", "message", "update", "document", "export"} <= set(actions)
+        assert alice.get("/api/audit").status_code == 403
+
+
+def test_diagnose_and_concepts_equal_the_library(live: Live, melanoma: Path) -> None:
+    import dermfm
+
+    expected = dermfm.diagnose(melanoma, labels="assistant")
+    with live.client() as alice:
+        got = alice.post("/api/diagnose", files={"image": ("m.jpg", melanoma.read_bytes())})
+        assert got.status_code == 200
+        for a, b in zip(got.json()["predictions"], expected.predictions, strict=True):
+            assert a["label"] == b.label and abs(a["probability"] - b.probability) < 1e-4
+        concepts = alice.post("/api/concepts", files={"image": ("m.jpg", melanoma.read_bytes())})
+        assert concepts.status_code == 200 and concepts.json()["scores"]
+
+
+def test_bad_uploads_get_clear_errors(live: Live, tmp_path: Path) -> None:
+    with live.client() as alice:
+        text = alice.post("/api/cases", files={"image": ("notes.jpg", b"hello, not a photo")})
+        assert text.status_code == 422
+        body = text.json()["error"]
+        assert body["code"] == "unsupported_image" and "notes.jpg" in body["message"]
+        huge = alice.post("/api/diagnose", files={"image": ("big.jpg", b"0" * (16 * 1024 * 1024))})
+        assert huge.status_code == 413 and huge.json()["error"]["code"] == "too_large"
+        wrong = alice.post("/api/cases/abc/messages", json={"txt": "x"})
+        assert wrong.status_code in (404, 422) and "error" in wrong.json()
+
+
+def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
+    from dermfm.server.settings import ServerSettings
+    from dermfm.server.store import Database
+
+    database = Database(ServerSettings(data_dir=tmp_path).url)
+    database.create_user("carol", "clinician", "pw-carol")
+    token = database.create_token("carol", days=1, kind="api")[0]
+    url, server, thread = start_server(tmp_path, burst=3, rate_per_minute=6)
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        codes = [httpx.get(url + "/api/me", headers=headers).status_code for _ in range(5)]
+        assert codes[:3] == [200, 200, 200] and codes[-1] == 429
+        limited = httpx.get(url + "/api/me", headers=headers)
+        assert int(limited.headers["Retry-After"]) >= 1
+        assert limited.json()["error"]["code"] == "rate_limited"
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)
