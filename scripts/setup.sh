@@ -25,13 +25,20 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] &&
     echo "$want" >"$stamp"
 fi
 # The bundled model ships inside the package: there is nothing to download.
-# The web app's browser tests drive Debian's Chromium (never a downloaded browser).
-if [ "$extras" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
-    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-        echo "dermfm setup: installing Debian's chromium for the browser tests"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null ||
-            { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
-    else
-        echo "dermfm setup: chromium is missing (apt-get install chromium); browser tests will skip"
+# Test-only system packages: Debian's Chromium for the web app's browser tests (never a
+# downloaded browser) and a PostgreSQL server for the case-store tests on PostgreSQL.
+if [ "$extras" = "dev" ]; then
+    missing=""
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
+    if [ -n "$missing" ]; then
+        if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+            echo "dermfm setup: installing$missing for the tests"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null ||
+                { apt-get update -q >/dev/null &&
+                  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null; }
+        else
+            echo "dermfm setup:$missing missing (apt-get install$missing); those tests will skip"
+        fi
     fi
 fi

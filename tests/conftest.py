@@ -318,3 +318,74 @@ def sample_report():
         narrative=Narrative(summary="Findings summary.", writer="template"),
         disclaimer="This is decision support, not a diagnosis.",
     )
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server (Debian's postgresql package) on a loopback port; yields
+    a function that creates a fresh database and returns its SQLAlchemy URL. Skips when the
+    server binaries or psycopg are missing."""
+    import glob
+    import shutil
+    import socket
+    import subprocess
+
+    pytest.importorskip("psycopg")
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    bin_dir = Path(found[-1]).parent
+    as_user: list[str] = []
+    import tempfile
+
+    # not under pytest's root-only temp folder: the postgres user must reach it
+    folder = Path(tempfile.mkdtemp(prefix="dermfm-pg-"))
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(folder, "postgres")
+        folder.chmod(0o700)
+    data = folder / "cluster"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = {"check": True, "capture_output": True, "timeout": 120}
+    subprocess.run(
+        [*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        **run,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(folder / "log"),
+            "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        **run,
+    )
+    import psycopg
+
+    counter = iter(range(10_000))
+
+    def new_database() -> str:
+        name = f"dermfm_test_{next(counter)}"
+        with psycopg.connect(
+            f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return f"postgresql+psycopg://postgres@127.0.0.1:{port}/{name}"
+
+    yield new_database
+    subprocess.run(
+        [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+        capture_output=True,
+        timeout=60,
+    )
+    shutil.rmtree(folder, ignore_errors=True)

@@ -53,7 +53,7 @@ def test_no_input_makes_the_server_fail(api: Live) -> None:
 
         @given(case=operation.as_strategy())
         @settings(
-            max_examples=6, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+            max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
         def check(case) -> None:
             response = case.call(headers=headers, timeout=120)

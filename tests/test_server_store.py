@@ -33,9 +33,14 @@ REPO = Path(__file__).resolve().parents[1]
 GPS_IFD = 0x8825
 
 
-@pytest.fixture
-def db(tmp_path: Path):
-    database = Database(f"sqlite:///{tmp_path / 'db' / 'dermfm.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path):
+    """Every store test runs on SQLite and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db' / 'dermfm.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server")()
+    database = Database(url)
     database.create_user("alice", "clinician", "alice-password")
     database.create_user("bob", "clinician", "bob-password")
     database.create_user("root", "admin", "root-password")

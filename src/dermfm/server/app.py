@@ -247,6 +247,11 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
             "version": __version__,
             "model": service.model.name,
             "database": service.database.ping(),
+            "batching": {
+                "max_batch": service.settings.batch_max,
+                "batches": service.batcher.stats.batches,
+                "mean_batch_size": round(service.batcher.stats.mean_batch_size, 2),
+            },
         }
 
     @app.post("/api/login")
