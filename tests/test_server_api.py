@@ -62,18 +62,32 @@ def start_server(data: Path, **options: object) -> tuple[str, object, threading.
     raise RuntimeError("server did not start")
 
 
+def build_case_index(folder: Path, shared: Path, n: int = 12) -> Path:
+    """A small case library of real HAM10000 photos with their labels."""
+    from dermfm.retrieval import Index
+
+    table = folder / "cases.csv"
+    with (shared / "ham10000" / "labels.csv").open(newline="") as fh, table.open("w") as out:
+        out.write("path,label\n")
+        for row, _ in zip(csv.DictReader(fh), range(n), strict=False):
+            out.write(f"{shared / 'ham10000' / row['file']},{row['label']}\n")
+    Index.build(folder / "index", table)[0].close()
+    return folder / "index"
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Live]:
     from dermfm.server.settings import ServerSettings
     from dermfm.server.store import Database
 
     data = tmp_path_factory.mktemp("server")
+    index = build_case_index(tmp_path_factory.mktemp("cases"), shared_data)
     database = Database(ServerSettings(data_dir=data).url)
     tokens = {}
     for name, role in (("alice", "clinician"), ("bob", "clinician"), ("root", "admin")):
         database.create_user(name, role, f"{name}-password")
         tokens[name] = database.create_token(name, days=1, kind="api")[0]
-    url, server, thread = start_server(data)
+    url, server, thread = start_server(data, cases_index=index)
     yield Live(url, data, tokens)
     server.should_exit = True  # type: ignore[attr-defined]
     thread.join(timeout=30)
@@ -150,6 +164,7 @@ def test_a_case_from_upload_to_deletion(live: Live, melanoma: Path) -> None:
         case_id = created.json()["case"]["case_id"]
         report = created.json()["report"]
         assert report["status"] == "complete" and report["patient"]["age"] == 61
+        assert len(report["similar_cases"]) == 5 and report["similar_cases"][0]["label"]
         assert report["narrative"]["answer"]
 
         # the stored image has no metadata at all
@@ -235,3 +250,22 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
     finally:
         server.should_exit = True  # type: ignore[attr-defined]
         thread.join(timeout=30)
+
+
+def test_models_and_search(live: Live) -> None:
+    with live.client() as alice:
+        models = alice.get("/api/models").json()
+        assert any(m["name"] == "dermfm-bundled" and m["default"] for m in models)
+        hits = alice.get("/api/search", params={"q": "melanoma", "k": 3}).json()
+        assert len(hits) == 3 and all(h["label"] for h in hits)
+        assert hits[0]["score"] >= hits[-1]["score"]
+
+
+def test_images_over_the_pixel_limit_are_refused(live: Live) -> None:
+    buffer = io.BytesIO()
+    Image.new("1", (10_001, 10_000)).save(buffer, "PNG")  # 100,010,000 pixels, a small file
+    with live.client() as alice:
+        response = alice.post("/api/diagnose", files={"image": ("huge.png", buffer.getvalue())})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_image" and "huge.png" in error["message"]

@@ -16,6 +16,7 @@ import csv
 import json
 import math
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -139,7 +140,9 @@ class Index:
         self.folder = folder
         self.model = model
         self.meta = meta
-        self._db = sqlite3.connect(folder / "items.sqlite")
+        # one index may serve many threads (the server): one connection, used under a lock
+        self._db = sqlite3.connect(folder / "items.sqlite", check_same_thread=False)
+        self._lock = threading.RLock()
         self._db.executescript(_SCHEMA)
         self._ids: np.ndarray = np.empty(0, dtype=np.int64)
         self._faiss: Any = None
@@ -362,8 +365,9 @@ class Index:
             if row < 0:
                 continue
             item_id = int(self._ids[row])
-            path, label, caption = self._db.execute(
-                "SELECT path, label, caption FROM items WHERE id = ?", (item_id,)
-            ).fetchone()
+            with self._lock:
+                path, label, caption = self._db.execute(
+                    "SELECT path, label, caption FROM items WHERE id = ?", (item_id,)
+                ).fetchone()
             hits.append(SearchHit(rank, item_id, path, float(score), label, caption))
         return hits
