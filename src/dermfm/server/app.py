@@ -401,7 +401,7 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         service: Svc,
         q: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     ) -> dict[str, Any]:
         """Cases of the user (all cases for an admin), newest first; ``q`` searches them."""
         store = service.store(user)
