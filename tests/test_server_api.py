@@ -147,10 +147,13 @@ def test_login_gives_a_session_token(live: Live) -> None:
         live.url + "/api/login", json={"username": "alice", "password": "alice-password"}
     )
     assert good.status_code == 200
-    me = httpx.get(
-        live.url + "/api/me", headers={"Authorization": f"Bearer {good.json()['token']}"}
-    )
-    assert me.json() == {"name": "alice", "role": "clinician"}
+    headers = {"Authorization": f"Bearer {good.json()['token']}"}
+    assert httpx.get(live.url + "/api/me", headers=headers).json() == {
+        "name": "alice",
+        "role": "clinician",
+    }
+    assert httpx.post(live.url + "/api/logout", headers=headers).status_code == 204
+    assert httpx.get(live.url + "/api/me", headers=headers).status_code == 401  # revoked
 
 
 def test_a_case_from_upload_to_deletion(live: Live, melanoma: Path) -> None:

@@ -269,6 +269,12 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
             "user": {"name": user.name, "role": user.role},
         }
 
+    @app.post("/api/logout", status_code=204)
+    def logout(request: Request, user: User, service: Svc) -> Response:
+        """Revoke the token of this request (sign out)."""
+        service.database.revoke_token(bearer_token(request.headers.get("authorization")))
+        return Response(status_code=204)
+
     # ------------------------------------------------------------------ inference
 
     @app.get("/api/me")

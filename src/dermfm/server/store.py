@@ -288,6 +288,17 @@ class Database:
             return None
         return User(name=found.name, role=found.role)
 
+    def revoke_token(self, raw: str) -> bool:
+        """Delete a token (sign-out); ``False`` when it was not known."""
+        with self.transaction() as session:
+            row = session.execute(
+                select(TokenRow).where(TokenRow.token_sha256 == token_sha256(raw))
+            ).scalar_one_or_none()
+            if row is None:
+                return False
+            session.delete(row)
+        return True
+
     # --- audit log --------------------------------------------------------------------------
 
     def audit(self, actor: str, action: str, case_id: str | None, detail: str = "") -> None:

@@ -826,8 +826,10 @@ function start() {
   byId("case-camera").addEventListener("change", choosePhoto);
   byId("nav-new").addEventListener("click", () => go("#new"));
   byId("nav-history").addEventListener("click", () => go("#history"));
-  byId("sign-out").addEventListener("click", () => {
+  byId("sign-out").addEventListener("click", async () => {
     clearError();
+    // revoke the token on the server too; sign out locally even if that fails
+    await request("/api/logout", { method: "POST" }).catch(() => null);
     endSession();
     history.pushState(null, "", location.pathname);
   });
