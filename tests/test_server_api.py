@@ -272,3 +272,29 @@ def test_images_over_the_pixel_limit_are_refused(live: Live) -> None:
     assert response.status_code == 422
     error = response.json()["error"]
     assert error["code"] == "unsupported_image" and "huge.png" in error["message"]
+
+
+def test_the_server_runs_on_postgresql(postgres_server, tmp_path: Path, melanoma: Path) -> None:
+    from dermfm.server.store import Database
+
+    url = postgres_server()
+    database = Database(url)
+    database.create_user("dana", "clinician", "dana-password")
+    token = database.create_token("dana", days=1, kind="api")[0]
+    base, server, thread = start_server(tmp_path, database_url=url)
+    try:
+        assert httpx.get(base + "/api/health").json()["database"] == "ok"
+        with httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=120
+        ) as dana:
+            created = dana.post("/api/cases", files={"image": ("m.jpg", melanoma.read_bytes())})
+            assert created.status_code == 201, created.text
+            case_id = created.json()["case"]["case_id"]
+            reply = dana.post(f"/api/cases/{case_id}/messages", json={"text": "It itches."})
+            assert reply.status_code == 200
+            assert len(dana.get(f"/api/cases/{case_id}").json()["messages"]) == 2
+            assert dana.delete(f"/api/cases/{case_id}").status_code == 204
+        assert [e["action"] for e in database.audit_entries(case_id)][-1] == "delete"
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)
