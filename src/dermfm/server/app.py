@@ -8,7 +8,7 @@ every access to a case is written to the audit log. The contract is in ``docs/se
 """
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -145,7 +145,7 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
     """The FastAPI app of one server process."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> Iterator[None]:  # type: ignore[misc]
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         app.state.service.close()
 
