@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import socket
-import threading
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from live_server import start_server
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -33,33 +31,6 @@ class Live:
     def client(self, user: str | None = "alice") -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data: Path, **options: object) -> tuple[str, object, threading.Thread]:
-    import uvicorn
-
-    from dermfm.server.app import create_app
-    from dermfm.server.settings import ServerSettings
-
-    app = create_app(ServerSettings(data_dir=data, **options))  # type: ignore[arg-type]
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                return url, server, thread
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
 
 
 def build_case_index(folder: Path, shared: Path, n: int = 12) -> Path:

@@ -4,11 +4,9 @@ server killed with SIGKILL in the middle of writes loses no acknowledged case.""
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,9 +17,15 @@ import pytest
 pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
-from test_server_api import Live, free_port, start_server  # noqa: E402
-
-DERMFM = Path(sys.executable).parent / "dermfm"
+from live_server import (  # noqa: E402
+    DERMFM,
+    free_port,
+    serve_process,
+    start_server,
+    stop_process,
+    wait_healthy,
+)
+from test_server_api import Live  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -74,26 +78,6 @@ def _dermfm(*args: object, data: Path, **kwargs: object) -> subprocess.Completed
     )
 
 
-def _serve(data: Path, port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(DERMFM), "serve", "--port", str(port), "--data", str(data)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-
-
-def _wait(url: str) -> None:
-    for _ in range(900):
-        try:
-            if httpx.get(url + "/api/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError("server did not start")
-
-
 def test_sigkill_during_writes_loses_no_acknowledged_case(
     shared_data: Path, tmp_path: Path
 ) -> None:
@@ -112,8 +96,9 @@ def test_sigkill_during_writes_loses_no_acknowledged_case(
     photos = [shared_data / "ham10000" / r["file"] for r in rows]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _serve(data, port)
-    _wait(url)
+    log = tmp_path / "serve.log"
+    server = serve_process(data, port, log)
+    wait_healthy(url, server, log)
     auth = {"Authorization": f"Bearer {token}"}
     warm = httpx.post(
         url + "/api/cases",
@@ -156,9 +141,9 @@ def test_sigkill_during_writes_loses_no_acknowledged_case(
 
     with sqlite3.connect(data / "dermfm.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    restarted = _serve(data, port)
+    restarted = serve_process(data, port, log)
     try:
-        _wait(url)
+        wait_healthy(url, restarted, log)
         with httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60
         ) as client:
@@ -168,5 +153,4 @@ def test_sigkill_during_writes_loses_no_acknowledged_case(
                 assert case.json()["reports"], case_id
                 assert client.get(f"/api/cases/{case_id}/image").status_code == 200
     finally:
-        restarted.terminate()
-        restarted.wait(timeout=30)
+        stop_process(restarted)

@@ -6,10 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,41 +23,15 @@ if not Path(CHROMIUM).is_file():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 expect = sync_api.expect
 
+from live_server import DERMFM, free_port, serve_process, stop_process, wait_healthy  # noqa: E402
+
 from dermfm.assistant.report import percent  # noqa: E402
 
-DERMFM = Path(sys.executable).with_name("dermfm")
 USER = "alice"
 PASSWORD = "a long clinic passphrase"
 PHONE = {"width": 390, "height": 844}
 QUESTION = "Should this be seen soon?"
 SERVER_START_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"dermfm serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            answer = requests.get(f"{base}/api/health", timeout=5)
-        except requests.RequestException as exc:
-            last = repr(exc)
-        else:
-            if answer.status_code == 200:
-                return
-            last = f"{answer.status_code} {answer.text[:300]}"
-        time.sleep(0.25)
-    pytest.fail(
-        f"dermfm serve not healthy after {SERVER_START_S} s (last: {last}):\n"
-        f"{log.read_text()[-3000:]}"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -78,26 +49,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         timeout=120,
     )
     assert added.returncode == 0, added.stderr
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = data / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [DERMFM, "serve", "--host", "127.0.0.1", "--port", str(port), "--data", str(data)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    proc = serve_process(data, port, log)
     try:
-        _wait_healthy(base, proc, log)
+        wait_healthy(base, proc, log, timeout=SERVER_START_S)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

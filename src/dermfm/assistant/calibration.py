@@ -182,16 +182,16 @@ def _set_metrics(
     calibration: AssistantCalibration, modality: str, probs: torch.Tensor, y: np.ndarray
 ) -> dict[str, float]:
     from dermfm.evaluate.calibration import expected_calibration_error
+    from dermfm.evaluate.metrics import top_k_accuracy
 
     sets = [calibration.prediction_set(p, modality) for p in probs]
-    top = torch.argsort(probs, dim=1, descending=True)[:, :3].numpy()
     return {
         "n_test": len(y),
         "coverage": float(np.mean([t in s for t, s in zip(y, sets, strict=True)])),
         "mean_set_size": float(np.mean([len(s) for s in sets])),
         "median_set_size": float(np.median([len(s) for s in sets])),
-        "top1_accuracy": float(np.mean(top[:, 0] == y)),
-        "top3_accuracy": float(np.mean((top == y[:, None]).any(axis=1))),
+        "top1_accuracy": top_k_accuracy(y, probs.numpy(), 1),
+        "top3_accuracy": top_k_accuracy(y, probs.numpy(), 3),
         "ece_calibrated": expected_calibration_error(y, probs.numpy()),
     }
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import string
 from pathlib import Path
 
@@ -61,17 +60,6 @@ def strip_metadata(
     return out.getvalue(), ".png"
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file and its folder entry to disk (it must outlive a power loss once the
-    database commit that refers to it has returned)."""
-    for target, flags in ((path, os.O_RDONLY), (path.parent, os.O_RDONLY | os.O_DIRECTORY)):
-        fd = os.open(target, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class ImageStore:
     """Metadata-free images under ``root``, named by the SHA-256 of their bytes."""
 
@@ -95,8 +83,8 @@ class ImageStore:
         sha = hashlib.sha256(stripped).hexdigest()
         target = self._stem(sha).with_suffix(extension)
         if not target.is_file():
-            atomic_write_bytes(target, stripped)
-            _fsync(target)
+            # durable: the database commit that refers to it must not outlive the file
+            atomic_write_bytes(target, stripped, durable=True)
         return sha
 
     def path(self, sha: str) -> Path | None:
