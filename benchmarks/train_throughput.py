@@ -34,6 +34,15 @@ CPU cores. Images: HAM10000 from ../shared/data when present, else generated 200
 
     python benchmarks/train_throughput.py [--image-size 96] [--batch-size 32] [--steps 10]
         [--repeats 2] [--threads N] [--captions label|distinct|both] [--no-disk]
+
+``--bundled`` measures instead the bundled model's image tower (EfficientNet-Lite0, the whole
+tower trainable, text features cached as when the text tower is frozen) in four settings, fp32
+or bf16 autocast x contiguous or channels-last tensors, for a training step (forward, CLIP loss,
+backward, AdamW) and for inference (``torch.no_grad`` forward); every rate is printed with its
+ratio to fp32 contiguous measured in the same run. The same preprocessed batches feed every
+setting, so only the arithmetic differs:
+
+    python benchmarks/train_throughput.py --bundled --image-size 224 --batch-size 32
 """
 
 from __future__ import annotations
@@ -320,6 +329,97 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def bundled_runners(
+    pixels: torch.Tensor, texts: list[str], batch_size: int, image_size: int
+) -> tuple[dict[str, Callable[[int], int]], dict[str, Callable[[int], int]]]:
+    """Training and inference runners of the bundled image tower, one per precision x layout."""
+    from contextlib import nullcontext
+
+    from dermfm.train.config import ModelSection
+    from dermfm.train.losses import clip_loss
+    from dermfm.train.model import build_trainable
+
+    section = ModelSection(init="dermfm-bundled", image_size=image_size, freeze_text=True)
+    model = build_trainable(section, "cpu")
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(model.text_head(model.text_tower(texts)), dim=-1)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    batches = pixels.split(batch_size)
+    train_runs: dict[str, Callable[[int], int]] = {}
+    infer_runs: dict[str, Callable[[int], int]] = {}
+    for precision in ("fp32", "bf16"):
+        for layout in ("contiguous", "channels_last"):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+            def autocast(precision: str = precision) -> Any:
+                if precision == "bf16":
+                    return torch.autocast("cpu", dtype=torch.bfloat16)
+                return nullcontext()
+
+            def train_steps(
+                steps: int, fmt: torch.memory_format = fmt, cast: Any = autocast
+            ) -> int:
+                model.train()
+                for i in range(steps):
+                    x = batches[i % len(batches)].contiguous(memory_format=fmt)
+                    with cast():
+                        image = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+                        loss = clip_loss(image.float(), text[: len(x)], model.logit_scale)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                return steps * batch_size
+
+            @torch.no_grad()
+            def infer_steps(
+                steps: int, fmt: torch.memory_format = fmt, cast: Any = autocast
+            ) -> int:
+                model.eval()
+                for i in range(steps):
+                    with cast():
+                        model.encode_image(batches[i % len(batches)].contiguous(memory_format=fmt))
+                return steps * batch_size
+
+            train_runs[f"{precision} {layout}"] = train_steps
+            infer_runs[f"{precision} {layout}"] = infer_steps
+    return train_runs, infer_runs
+
+
+def bundled_main(args: argparse.Namespace) -> None:
+    """The ``--bundled`` mode: precision and memory layout of the bundled image tower."""
+    from dermfm.data.transforms import train_transform
+    from dermfm.io import load_image
+    from dermfm.models.bundled import IMAGENET_MEAN, IMAGENET_STD
+
+    n = 2 * args.batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        if SHARED.is_dir():
+            images, source = real_images(n), f"{n} HAM10000 images"
+        else:
+            images, source = generated_images(n, Path(tmp)), f"{n} generated JPEGs"
+        transform = train_transform(args.image_size, IMAGENET_MEAN, IMAGENET_STD)
+        torch.manual_seed(0)
+        pixels = torch.stack([transform(load_image(p)) for p, _, _ in images])
+    texts = [c for _, c in captions(images, "label")][: args.batch_size]
+    train_runs, infer_runs = bundled_runners(pixels, texts, args.batch_size, args.image_size)
+    print(
+        f"bundled image tower (EfficientNet-Lite0, whole tower trainable), {args.image_size}px, "
+        f"batch {args.batch_size}, {source}; {args.warmup} warm-up steps then best of "
+        f"{args.repeats} x {args.steps} timed steps; torch {torch.__version__} threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} cores ({platform.machine()})"
+    )
+    print("setting | train img/s | vs fp32 contiguous | inference img/s | vs fp32 contiguous")
+    train = best_rates(train_runs, args.warmup, args.steps, args.repeats)
+    infer = best_rates(infer_runs, args.warmup, args.steps, args.repeats)
+    ref_t, ref_i = train["fp32 contiguous"], infer["fp32 contiguous"]
+    for name in train_runs:
+        print(
+            f"{name} | {train[name]:.1f} | {train[name] / ref_t:.2f}x | "
+            f"{infer[name]:.1f} | {infer[name] / ref_i:.2f}x"
+        )
+    print(f"peak RSS of the process: {peak_rss_mib():.0f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--image-size", type=int, default=96)
@@ -342,8 +442,16 @@ def main() -> None:
     parser.add_argument(
         "--no-disk", action="store_true", help="skip dermfm without preloading (saves time)"
     )
+    parser.add_argument(
+        "--bundled",
+        action="store_true",
+        help="measure the bundled image tower: fp32 / bf16 x contiguous / channels-last",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.bundled:
+        bundled_main(args)
+        return
     n = (args.warmup + args.steps) * args.batch_size
 
     with tempfile.TemporaryDirectory() as tmp:

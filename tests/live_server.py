@@ -49,11 +49,13 @@ def wait_healthy(
     raise RuntimeError(f"dermfm serve not healthy after {timeout:g} s (last: {last}):\n{tail()}")
 
 
-def serve_process(data: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """``dermfm serve --data DATA`` on ``port`` as its own process, output to ``log``."""
+def serve_process(data: Path, port: int, log: Path, *options: str) -> subprocess.Popen[bytes]:
+    """``dermfm serve --data DATA [OPTIONS]`` on ``port`` as its own process, output to
+    ``log``."""
+    command = [str(DERMFM), "serve", "--host", "127.0.0.1", "--port", str(port), "--data"]
     with log.open("ab") as out:
         return subprocess.Popen(
-            [str(DERMFM), "serve", "--host", "127.0.0.1", "--port", str(port), "--data", str(data)],
+            [*command, str(data), *options],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -51,6 +51,10 @@ def test_calibrated_probabilities_equal_a_direct_computation(assistant, melanoma
         emb = torch.nn.functional.normalize(model.encode_texts(fill(templates, cls.name)), dim=-1)
         rows.append(torch.nn.functional.normalize(emb.mean(0), dim=-1))
     logits = image @ torch.stack(rows).T * model.logit_scale
+    adapter = assistant.classifier.adapter
+    if adapter is not None:  # the shipped adapter, with the calibration fitted on its scores
+        assert calibration.adapter == adapter.data_hash
+        logits = adapter.logits(image[None], logits[None] / model.logit_scale)[0]
     probs = (logits.double() / calibration.groups[modality].temperature).softmax(-1)
     top = torch.argsort(probs, descending=True)[:5].tolist()
     got = [(c.label, c.probability) for c in report.differential.candidates[:5]]
@@ -136,7 +140,7 @@ def test_patient_context_reweights_the_differential(assistant, melanoma) -> None
 
 
 def test_uncalibrated_model_says_its_scores_are_raw(melanoma) -> None:
-    raw = Assistant(calibration=False).consult(melanoma)
+    raw = Assistant(calibration=False, adapter=False).consult(melanoma)
     assert not raw.differential.calibrated
     assert raw.differential.prediction_set is None
     assert "raw" in raw.differential.probability_kind

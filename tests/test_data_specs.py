@@ -32,6 +32,7 @@ HAM_NODES = {
     "nv": "melanocytic_nevus",
     "vasc": "benign_vascular_lesion",
 }
+PUBLISHED_SPECS = Path(__file__).resolve().parents[1] / "src" / "dermfm" / "data" / "specs"
 ROMAN = {"1": "I", "2": "II", "3": "III", "4": "IV", "5": "V", "6": "VI"}
 PUBLISHED = {
     "ham10000_official",
@@ -96,6 +97,7 @@ def clinical(shared_data: Path) -> list[Path]:
 def test_every_published_spec_is_packaged_and_valid() -> None:
     names = set(dataset_names())
     assert PUBLISHED | {"ham10000", "derm7pt", "dermnet_nz"} <= names
+    assert {"fitzpatrick17k", "pad_ufes20", "sd198"} <= set(source_specs())
     for name in names:
         spec = load_dataset_spec(name)
         assert spec["name"] == name and Path(spec["spec_file"]).is_file()
@@ -121,9 +123,16 @@ def test_training_sources_give_the_records_computed_straight_from_labels_csv(
             expected.append((str((folder / r["file"]).resolve()), split, r["label"]))
     read = read_dataset(name, shared_data)
     got = [(r.image, r.split, r.metadata["dataset_label"]) for r in read.records]
+    used = len(got)
+    if name == "dermnet_nz":  # near-duplicate photos join a group named by its smallest SHA-1
+        own = {str((folder / r["file"]).resolve()): r["sha1_original"] for r in rows}
+        merged = {r.image for r in read.records if r.group != f"dermnet_nz:{own[r.image]}"}
+        assert 0 < len(merged) < 0.05 * len(got)
+        expected = [e for e in expected if e[0] not in merged]
+        got = [g for g in got if g[0] not in merged]
     assert got == expected
     assert read_source(name, shared_data) == read.records
-    assert read.report.rows == len(rows) and read.report.rows_skipped == len(rows) - len(got)
+    assert read.report.rows == len(rows) and read.report.rows_skipped == len(rows) - used
     assert not read.report.missing_images
 
 
@@ -238,7 +247,8 @@ def test_fitzpatrick17k_layout(shared_data: Path, clinical: list[Path], tmp_path
         _copy(image, folder / "images" / f"{row['md5hash']}.jpg")
     _write(folder / "fitzpatrick17k.csv", list(published[0]), [list(r.values()) for r in rows])
 
-    read = read_dataset("fitzpatrick17k", tmp_path)
+    # the published layout's spec (the name "fitzpatrick17k" is the development-data source)
+    read = read_dataset(PUBLISHED_SPECS / "fitzpatrick17k.yaml", tmp_path)
     kept = [rows[0], *rows[2:]]
     nodes = {c.label: c.node for c in load_label_set("f17k114").classes}
     assert [r.metadata["dataset_label"] for r in read.records] == [r["label"] for r in kept]
@@ -475,7 +485,7 @@ def test_sd198_class_folders_form_an_automatic_label_set(
     for file, image in zip(files, clinical, strict=False):
         _copy(image, folder / file)
     (folder / "Psoriasis" / "notes.txt").write_text("not an image")
-    read = read_dataset("sd198", tmp_path)
+    read = read_dataset(PUBLISHED_SPECS / "sd198.yaml", tmp_path)
     assert read.label_set.names == ["Acute Eczema", "Basal Cell Carcinoma", "Psoriasis"]
     assert [c.node for c in read.label_set.classes] == [None, "basal_cell_carcinoma", "psoriasis"]
     expected = ["Acute Eczema", "Acute Eczema", "basal_cell_carcinoma", "psoriasis"]
@@ -578,6 +588,89 @@ def test_user_sources_file_still_works_with_read_source(
     [record] = read_source("mine", tmp_path, specs=specs)
     assert (record.label, record.split, record.source) == ("melanocytic_nevus", "test", "mine")
     assert read_dataset(tmp_path / "sources.yaml", tmp_path).records == [record]
+
+
+def _twins(image: Image.Image, folder: Path, name: str) -> tuple[Path, Path]:
+    """The image saved as a JPEG and as a slightly cropped, re-encoded copy."""
+    first, second = folder / f"{name}_a.jpg", folder / f"{name}_b.jpg"
+    image.save(first, quality=95)
+    w, h = image.size
+    image.crop((2, 2, w - 2, h - 2)).resize((w // 2, h // 2)).save(second, quality=70)
+    return first, second
+
+
+def test_copies_within_and_across_sources_never_straddle_a_split(tmp_path: Path) -> None:
+    """Rows sharing any group column, near-duplicate photos (pHash) and copies of another
+    source's photos (group_link) land in one split; without the options they would not."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base, other = tmp_path / "base", tmp_path / "other"
+    base.mkdir()
+    other.mkdir()
+    base_rows, other_rows = [], []
+    for i in range(24):
+        pixels = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).resize((160, 120), Image.Resampling.BICUBIC)
+        first, second = _twins(image, base, f"p{i}")
+        base_rows += [[first.name, "nv", ""], [second.name, "nv", f"patient{i % 3}" * (i < 6)]]
+        copy = other / f"copy{i}.jpg"
+        image.resize((128, 96)).save(copy, quality=80)
+        other_rows.append([copy.name, "mel", first.name])
+    _write(base / "labels.csv", ["file", "label", "patient"], base_rows)
+    _write(other / "labels.csv", ["file", "label", "twin"], other_rows)
+    split = "split: {method: hash, salt: s, fractions: {train: 0.5, val: 0.25, test: 0.25}}"
+    common = f"label_set: ham7, label_column: label, {split}"
+    (tmp_path / "sources.yaml").write_text(
+        "sources:\n"
+        f"  base: {{folder: base, {common}, group_column: [patient, file],"
+        " near_duplicates: {max_distance: 12}}\n"
+        f"  other: {{folder: other, {common}, group_column: file,"
+        " group_link: {column: twin, source: base}}\n"
+        f"  plain: {{folder: base, {common}}}\n"
+    )
+    specs = source_specs(tmp_path / "sources.yaml")
+
+    def splits(name: str) -> dict[str, str]:
+        return {Path(r.image).name: r.split for r in read_source(name, tmp_path, specs=specs)}
+
+    ours, plain, linked = splits("base"), splits("plain"), splits("other")
+    for i in range(24):
+        assert ours[f"p{i}_a.jpg"] == ours[f"p{i}_b.jpg"], i
+        assert ours[f"p{i}_a.jpg"] == linked[f"copy{i}.jpg"], i
+    assert len({ours[f"p{i}_b.jpg"] for i in range(0, 6, 3)}) == 1  # shared patient
+    assert any(plain[f"p{i}_a.jpg"] != plain[f"p{i}_b.jpg"] for i in range(24))
+
+
+def test_new_sources_keep_patients_copies_and_dermnet_twins_in_one_split(
+    shared_data: Path,
+) -> None:
+    by_source = {n: read_dataset(n, shared_data).records for n in ("fitzpatrick17k", "dermnet_nz")}
+    for name, columns in (
+        ("pad_ufes20", ("patient_id", "near_dup_group")),
+        ("sd198", ("near_dup_group",)),
+        ("fitzpatrick17k", ("near_dup_group",)),
+    ):
+        records = by_source.get(name) or read_dataset(name, shared_data).records
+        split_of = {Path(r.image).name: r.split for r in records}
+        rows = _table(shared_data / name / "labels.csv")
+        for column in columns:
+            seen: dict[str, set[str]] = defaultdict(set)
+            for r in rows:
+                if r[column] and Path(r["file"]).name in split_of:
+                    seen[r[column]].add(split_of[Path(r["file"]).name])
+            assert seen and all(len(v) == 1 for v in seen.values()), (name, column)
+    dermnet = {Path(r.image).name: r.split for r in by_source["dermnet_nz"]}
+    fitz = {Path(r.image).name: r.split for r in by_source["fitzpatrick17k"]}
+    twins = [
+        (fitz[Path(r["file"]).name], dermnet[r["dermnet_nz_twin"]])
+        for r in _table(shared_data / "fitzpatrick17k" / "labels.csv")
+        if r["dermnet_nz_twin"] in dermnet and Path(r["file"]).name in fitz
+    ]
+    assert len(twins) > 100 and all(a == b for a, b in twins)
+    skin_types = {r.metadata.get("skin_type") for r in by_source["fitzpatrick17k"]}
+    assert {"I", "II", "III", "IV", "V", "VI"} <= skin_types
+    assert {r.metadata["malignant"] for r in by_source["fitzpatrick17k"]} == {"0", "1"}
 
 
 @pytest.mark.parametrize(

@@ -285,3 +285,18 @@ def test_probe_on_real_ham10000_features(shared_data: Path, oc_model) -> None:
     np.testing.assert_allclose(
         probe.predict_proba(x[test]), model.predict_proba(x[test]), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_probe_round_trips_through_arrays(n_classes: int) -> None:
+    rng = np.random.default_rng(5)
+    x, y = _blobs(rng, 120, n_classes, spread=0.8)
+    probe = LinearProbe(Cs=CS, class_weight="balanced").fit(x[:80], y[:80], x[80:], y[80:])
+    arrays = probe.to_arrays()
+    restored = LinearProbe.from_arrays(arrays)
+    assert restored.C_ == probe.C_ and list(restored.classes_) == list(probe.classes_)
+    np.testing.assert_allclose(restored.predict_proba(x), probe.predict_proba(x), atol=1e-5)
+    with pytest.raises(ValueError, match="lack"):
+        LinearProbe.from_arrays({k: v for k, v in arrays.items() if k != "coef"})
+    with pytest.raises(ValueError, match="not fitted"):
+        LinearProbe().to_arrays()

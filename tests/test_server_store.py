@@ -105,7 +105,8 @@ def test_passwords_are_hashed_and_checked(db: Database) -> None:
     with db.engine.connect() as connection:
         stored = connection.execute(text("SELECT password_hash FROM users")).scalars().all()
     assert len(set(stored)) == 3
-    assert all(h.startswith("scrypt$") and "password" not in h for h in stored)
+    assert all(h.startswith("$argon2id$v=19$m=19456,t=2,p=1$") for h in stored)
+    assert not any("password" in h for h in stored)
 
     with pytest.raises(UserError, match="already exists"):
         db.create_user("alice", "admin", "another-password")
@@ -169,6 +170,89 @@ def test_audit_log(db: Database) -> None:
     ]
     assert [e["case_id"] for e in db.audit_entries()] == ["c1", "c1", "c2", None]
     assert set(entries[0]) == {"time", "actor", "action", "case_id", "detail"}
+
+
+def test_accounts_are_disabled_deleted_and_handed_over(
+    db: Database, store: SqlCaseStore, sample_report
+) -> None:
+    from dermfm.server.store import NoSuchUser
+
+    store.save(_case(store, sample_report, "a1"))
+    token = db.create_token("alice", days=1, kind="api")[0]
+    kept = db.create_token("bob", days=1, kind="api")[0]
+    other = db.create_token("bob", days=1, kind="api")[0]
+
+    assert db.set_password("bob", "a brand new phrase", actor="bob", keep_token=kept) == 1
+    assert db.resolve_token(kept) is not None and db.resolve_token(other) is None
+    assert db.verify_password("bob", "a brand new phrase") == User("bob", "clinician")
+
+    db.set_status("alice", "disabled", actor="root")
+    assert db.resolve_token(token) is None and db.verify_password("alice", "alice-password") is None
+    assert not db.user_exists("alice")
+    db.set_status("alice", "active", actor="root")
+    assert db.verify_password("alice", "alice-password") == User("alice", "clinician")
+
+    with pytest.raises(UserError, match="last active admin"):
+        db.set_status("root", "disabled", actor="cli")
+    with pytest.raises(UserError, match="cannot hand"):
+        db.delete_user("alice", actor="root", transfer_to="nobody")
+    assert db.delete_user("alice", actor="root", transfer_to="bob") == 1
+    assert store.owner_of("a1") == "bob"
+    accounts = {a["name"]: a for a in db.users()}
+    assert accounts["alice"]["status"] == "deleted" and accounts["bob"]["cases"] == 1
+    assert db.verify_password("alice", "alice-password") is None
+    with pytest.raises(UserError, match="already exists"):
+        db.create_user("alice", "clinician", "a new alice phrase")
+    with pytest.raises(NoSuchUser):
+        db.set_status("alice", "active", actor="root")
+    actions = [(e["actor"], e["action"]) for e in db.audit_entries()]
+    assert actions == [
+        ("bob", "password"),
+        ("root", "user_disable"),
+        ("root", "user_enable"),
+        ("root", "user_delete"),
+    ]
+
+
+def test_expired_tokens_are_purged(db: Database) -> None:
+    fresh = db.create_token("alice", days=1)[0]
+    with db.transaction() as session:
+        session.add(
+            TokenRow(
+                user_name="bob",
+                token_sha256="0" * 64,
+                kind="login",
+                created="2000-01-01T00:00:00+00:00",
+                expires_at="2000-01-01T12:00:00+00:00",
+            )
+        )
+    assert db.purge_expired_tokens() == 1
+    assert db.resolve_token(fresh) is not None and db.purge_expired_tokens() == 0
+
+
+def test_an_upgrade_from_revision_0001_keeps_every_account_active(tmp_path: Path) -> None:
+    from alembic import command
+
+    from dermfm.server.db import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            command.upgrade(alembic_config(connection), "0001")
+        with engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO users VALUES ('olga', 'admin', 'scrypt$1$1$1$AA==$AA==', 'x')")
+            )
+    finally:
+        engine.dispose()
+    database = Database(url)  # migrates to the newest revision
+    try:
+        assert database.users() == [
+            {"name": "olga", "role": "admin", "status": "active", "created": "x", "cases": 0}
+        ]
+    finally:
+        database.close()
 
 
 # --- cases ------------------------------------------------------------------------------------
@@ -391,7 +475,7 @@ def test_migrations_create_exactly_the_models(tmp_path: Path) -> None:
         with engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
             assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-                ("0001",)
+                ("0002",)
             ]
             tables = connection.execute(
                 text("SELECT name FROM sqlite_master WHERE type = 'table'")

@@ -184,7 +184,7 @@ def test_config_errors_name_the_problem(tmp_path: Path, manifest: Path) -> None:
         load_config(_config(tmp_path, manifest, "parts"), ["loss.kind=triplet"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
-    assert load_config("bundled").model.init == "parts"
+    assert load_config("bundled").model.init == "previous"  # the last of its two stages
 
 
 def test_dual_encoder_trains_every_objective_and_exports_a_loadable_model(
@@ -350,3 +350,64 @@ def test_gradient_accumulation_steps_once_per_accum_micro_batches(
     trainer.train_step(micro, epoch=0)
     for name, grad in captured.items():
         torch.testing.assert_close(grad, (expected[0][name] + expected[1][name]) / 2)
+
+
+def test_staged_recipe_warm_starts_each_stage_and_resizes_progressively(
+    tmp_path: Path, manifest: Path
+) -> None:
+    """Stage 2 starts from stage 1's model (re-sized to its own resolution), trains at the
+    scheduled sizes, and a finished stage is not run again."""
+    from dermfm import load_model
+    from dermfm.train import Trainer, load_stages, train_recipe
+
+    doc = {
+        "model": {"init": "parts", "freeze_text": True},
+        "data": {"manifest": str(manifest), "views": ["caption"]},
+        "loss": {"kind": "clip"},
+        "optim": {"epochs": 1, "batch_size": 4, "warmup_steps": 1},
+        "run": {"output": str(tmp_path / "run"), "progress": False},
+        "validation": {"label_sets": {}},
+        "stages": [
+            {"name": "first", "model": {"image_size": 48}},
+            {
+                "name": "second",
+                "model": {"init": "previous", "image_size": 64, "resize_schedule": {1: 56}},
+                "optim": {"epochs": 2},
+            },
+        ],
+    }
+    recipe = tmp_path / "staged.yaml"
+    recipe.write_text(yaml.safe_dump(doc))
+    stages = load_stages(recipe)
+    assert [name for name, _ in stages] == ["first", "second"]
+    assert stages[1][1].run.output == str(tmp_path / "run" / "second")
+    folder = train_recipe(recipe)
+    assert folder == tmp_path / "run" / "second" / "model"
+    first = load_model(tmp_path / "run" / "first" / "model")
+    second = load_model(folder)
+    assert (first.image_size, second.image_size) == (48, 64)
+    summary = json.loads((tmp_path / "run" / "second" / "summary.json").read_text())
+    assert summary["recipe"]["model"]["init"] == str(tmp_path / "run" / "first" / "model")
+    # the second stage trains at 64 px in epoch 0, then at the scheduled 56 px
+    config = stages[1][1]
+    config.model.init = str(tmp_path / "run" / "first" / "model")
+    trainer = Trainer(config)
+    sizes = [next(trainer._micro_batches(e, 0)).pixels.shape[-1] for e in (0, 1)]
+    assert sizes == [64, 56]
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert train_recipe(recipe) == folder  # finished stages are kept, not retrained
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(Exception, match="previous"):
+        doc["stages"] = [{"name": "only", "model": {"init": "previous"}}]
+        recipe.write_text(yaml.safe_dump(doc))
+        load_stages(recipe)
+
+
+def test_packaged_bundled_recipe_has_both_stages_on_all_six_sources() -> None:
+    from dermfm.train import load_stages
+
+    (_, first), (_, second) = load_stages("bundled")
+    assert first.model.init == "parts" and second.model.init == "previous"
+    assert second.model.image_size == 224 and second.model.frozen_image_blocks == 0
+    assert max(second.model.resize_schedule.values()) == 224
+    assert len(second.data.sources) == 6 and second.run.precision == "bf16"

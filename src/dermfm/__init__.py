@@ -9,6 +9,8 @@ The public API (everything the CLI, the server and the assistant call)::
     index, report = dermfm.Index.build("cases.idx", "photos/", model=model)
     hits = index.search("blue-whitish veil", k=5)
     report = dermfm.consult("lesion.jpg", "Should I worry?")   # grounded assistant report
+    adapter = dermfm.load_adapter("clinic.safetensors")        # fitted with `dermfm adapt`
+    dx = dermfm.diagnose("lesion.jpg", labels=adapter.label_set, adapter=adapter)
 
 Heavy libraries (torch, open_clip, transformers, faiss) load on first use, so importing dermfm and
 ``dermfm --help`` stay fast. dermfm supports clinicians; it does not make diagnoses.
@@ -27,6 +29,9 @@ _EXPORTS = {
     "DermModel": "dermfm.models",
     "diagnose": "dermfm.zeroshot",
     "ZeroShotClassifier": "dermfm.zeroshot",
+    "Adapter": "dermfm.adapters",
+    "fit_adapter": "dermfm.adapters",
+    "load_adapter": "dermfm.adapters",
     "annotate_concepts": "dermfm.concepts",
     "ConceptAnnotator": "dermfm.concepts",
     "Index": "dermfm.retrieval",
@@ -49,6 +54,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Adapter",
     "ConceptAnnotation",
     "ConceptAnnotator",
     "ConceptScore",
@@ -68,7 +74,9 @@ __all__ = [
     "annotate_concepts",
     "consult",
     "diagnose",
+    "fit_adapter",
     "list_models",
+    "load_adapter",
     "load_concepts",
     "load_image",
     "load_label_set",
@@ -77,6 +85,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from dermfm.adapters import Adapter, fit_adapter, load_adapter
     from dermfm.assistant import ConsultReport, consult
     from dermfm.concepts import ConceptAnnotator, annotate_concepts
     from dermfm.errors import (

@@ -1,5 +1,12 @@
 """Content-keyed caches in one user-configurable folder (``DERMFM_CACHE``, default
-``~/.cache/dermfm``). Keys hash everything that determines the value (model + inputs)."""
+``~/.cache/dermfm``). Keys hash everything that determines the value (model + inputs).
+
+Tensors (:func:`cached_tensor`) are looked up first in the read-only files that ship with model
+weights (:data:`shipped_files`, e.g. the bundled model's ``class_embeddings.safetensors``), then in
+the user's folder. A shipped file maps content keys to tensors, so an entry serves exactly the
+model content and inputs it was computed from; when either changes, its key changes and the value
+is computed (and cached in the user's folder) as if nothing had shipped.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +34,12 @@ def content_key(*parts: Any) -> str:
     """A stable SHA-256 hex digest of JSON-serialisable parts."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes (the content identity of model weights)."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = False) -> None:
@@ -78,17 +91,53 @@ def save_tensor(kind: str, key: str, value: torch.Tensor) -> None:
         )
 
 
+#: Read-only safetensors files of tensors by content key that ship with model weights, consulted
+#: before the user's cache; a model loader adds its folder's file (:func:`add_shipped`).
+shipped_files: list[Path] = []
+
+
+def add_shipped(path: Path) -> None:
+    """Consult ``path`` (a shipped file: tensors named by their content keys) from now on."""
+    if path not in shipped_files:
+        shipped_files.append(path)
+
+
+def shipped_tensor(key: str) -> torch.Tensor | None:
+    """The tensor stored under ``key`` in a shipped file, or ``None`` when none holds it (an
+    unreadable shipped file is skipped, so its values are computed, never trusted)."""
+    from safetensors import safe_open
+
+    for path in shipped_files:
+        try:
+            with safe_open(str(path), "pt") as fh:
+                if key in fh.keys():  # noqa: SIM118 (safe_open has no __contains__)
+                    return fh.get_tensor(key)
+        except Exception:  # missing or corrupt file: the value is computed instead
+            continue
+    return None
+
+
+def stored_tensors(kind: str) -> dict[str, torch.Tensor]:
+    """Every readable tensor in the user's cache under ``kind``, by key (what a script gathers
+    into a shipped file after computing it)."""
+    found = {p.stem: load_tensor(kind, p.stem) for p in cache_dir(kind).glob("*.safetensors")}
+    return {key: value for key, value in sorted(found.items()) if value is not None}
+
+
 def cached_tensor(
     kind: str, key: str, compute: Callable[[], torch.Tensor], enabled: bool = True
 ) -> torch.Tensor:
-    """The tensor stored under ``kind/key``, computing and storing it when missing.
+    """The tensor stored under ``key``: from a shipped file (:data:`shipped_files`) when one holds
+    it, else from the user's cache under ``kind/key``, computing and storing it there when missing.
 
     ``enabled=False`` (a model whose weights are still changing, e.g. during training) always
-    computes and never stores.
+    computes and neither reads nor stores.
     """
     if not enabled:
         return compute()
-    value = load_tensor(kind, key)
+    value = shipped_tensor(key)
+    if value is None:
+        value = load_tensor(kind, key)
     if value is None:
         value = compute()
         save_tensor(kind, key, value)

@@ -40,6 +40,10 @@ DISCLAIMER = (
     "Decision support only, not a diagnosis. Scores are uncalibrated model outputs; "
     "a clinician must interpret them."
 )
+ADAPTER_DISCLAIMER = (
+    "Decision support only, not a diagnosis. Probabilities come from an adapter, calibrated "
+    "on its validation images; a clinician must interpret them."
+)
 
 ModelOpt = Annotated[
     str | None,
@@ -65,6 +69,26 @@ PrecisionOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ImagesArg = Annotated[list[Path], typer.Argument(help="Image files or folders of images.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model batch.")]
+AdapterOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--adapter",
+        help="Adapter file (`dermfm adapt`). Default: the adapter the model ships for the "
+        "label set, if any (docs/adapters.md).",
+    ),
+]
+NoAdapterOpt = Annotated[
+    bool,
+    typer.Option("--no-adapter", help="Zero-shot scores, even where the model ships an adapter."),
+]
+TtaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tta",
+        help="Test-time augmentation: average the embeddings of 8 flipped and rotated views "
+        "of each image (8x the compute).",
+    ),
+]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -79,6 +103,22 @@ def _load(model: str | None, checkpoint: Path | None, precision: str = "fp32") -
     try:
         return load_model(model, checkpoint=checkpoint, precision=precision)
     except (DermfmError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _adapter(adapter: Path | None, no_adapter: bool) -> Any:
+    """The ``adapter=`` value that ``--adapter`` / ``--no-adapter`` ask for: the loaded file,
+    ``False``, or ``True`` (the model's shipped adapter for the label set, if any)."""
+    from dermfm.adapters import load_adapter
+    from dermfm.errors import DermfmError
+
+    if adapter is not None and no_adapter:
+        raise _fail("give --adapter or --no-adapter, not both")
+    if adapter is None:
+        return not no_adapter
+    try:
+        return load_adapter(adapter)
+    except DermfmError as exc:
         raise _fail(str(exc)) from None
 
 
@@ -147,14 +187,15 @@ def diagnose(
     checkpoint: CheckpointOpt = None,
     precision: PrecisionOpt = "fp32",
     labels: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--labels",
             "-l",
             help="Label set: ham7, pad6, derm7pt, f17k114, dermnet, all; a file "
-            "(YAML/JSON or one name per line); or comma-separated names.",
+            "(YAML/JSON or one name per line); or comma-separated names. Default: all, or "
+            "the --adapter's label set.",
         ),
-    ] = "all",
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show.")] = 5,
     templates: Annotated[str, typer.Option(help="Prompt template set.")] = "skin8",
     temperature: Annotated[
@@ -174,31 +215,42 @@ def diagnose(
         Path | None,
         typer.Option(help="SAE folder for --suppress-artifacts (default: the model's own)."),
     ] = None,
+    adapter: AdapterOpt = None,
+    no_adapter: NoAdapterOpt = False,
+    tta: TtaOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Zero-shot differential diagnosis of skin images, with ontology roll-up."""
+    """Differential diagnosis of skin images (zero-shot, or an adapter's calibrated
+    probabilities), with ontology roll-up."""
     from dermfm.errors import DermfmError
     from dermfm.zeroshot import ZeroShotClassifier
 
     paths = _inputs(images)
     loaded = _load(model, checkpoint, precision)
+    chosen = _adapter(adapter, no_adapter)
+    if labels is None:
+        labels = chosen.label_set if adapter is not None else "all"
     try:
         suppressor = None
         if suppress_artifacts or sae is not None:
             from dermfm.interpret import load_suppressor
 
             suppressor = load_suppressor(loaded, sae)
-        clf = ZeroShotClassifier(loaded, labels, templates, temperature, suppressor=suppressor)
+        clf = ZeroShotClassifier(
+            loaded, labels, templates, temperature, suppressor=suppressor, adapter=chosen
+        )
     except (DermfmError, ValueError) as exc:
         raise _fail(str(exc)) from None
-    results = clf.diagnose(paths, top_k=top_k, batch_size=batch_size, show_progress=len(paths) > 1)
+    results = clf.diagnose(
+        paths, top_k=top_k, batch_size=batch_size, show_progress=len(paths) > 1, tta=tta
+    )
     if json_out:
         _print_json([r.to_dict() for r in results])
     else:
         for r in results:
             if r.ok:
                 _print_diagnosis(r)
-        out.print(f"[dim]{DISCLAIMER}[/dim]")
+        out.print(f"[dim]{ADAPTER_DISCLAIMER if clf.adapter else DISCLAIMER}[/dim]")
     raise typer.Exit(_report_failures(results))
 
 
@@ -209,7 +261,9 @@ def _print_diagnosis(r: Any) -> None:
     table.add_column("#", justify="right")
     table.add_column("condition")
     table.add_column("label")
-    table.add_column("score (uncalibrated)", justify="right")
+    table.add_column(
+        f"probability ({r.score_kind})" if r.adapter else "score (uncalibrated)", justify="right"
+    )
     for i, p in enumerate(r.predictions, start=1):
         table.add_row(str(i), p.name, p.label, f"{p.probability:.3f}")
     out.print(table)
@@ -221,6 +275,10 @@ def _print_diagnosis(r: Any) -> None:
     out.print(f"  uncertainty: normalised entropy {r.entropy:.2f}, top-1 margin {r.margin:.2f}")
     if r.suppressed:
         out.print("  artifact directions removed before scoring: " + ", ".join(r.suppressed))
+    if r.adapter:
+        out.print(f"  adapter: {r.adapter}", highlight=False)
+    if r.tta:
+        out.print("  test-time augmentation: embedding averaged over 8 flipped/rotated views")
 
 
 @app.command()
@@ -385,10 +443,10 @@ def train_command(
 ) -> None:
     """Train or fine-tune a model (one process; for DDP use torchrun -m dermfm.train)."""
     from dermfm.errors import DermfmError
-    from dermfm.train import load_config, train
+    from dermfm.train import train_recipe
 
     try:
-        folder = train(load_config(recipe, overrides or []))
+        folder = train_recipe(recipe, overrides or [])
     except DermfmError as exc:
         raise _fail(str(exc)) from None
     out.print(f"Model written to {folder} (load it with --model {folder}).", highlight=False)
@@ -529,6 +587,15 @@ def eval_command(
     max_images: Annotated[
         int | None, typer.Option(min=1, help="Evaluate at most this many images per dataset.")
     ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--adapter",
+            help="Adapter file, or 'shipped' for the model's own (repeatable): each dataset is "
+            "scored with the one fitted for its label set, the others stay zero-shot.",
+        ),
+    ] = None,
+    tta: TtaOpt = False,
 ) -> None:
     """Benchmark models on datasets: metrics with 95% bootstrap intervals, calibration,
     subgroups, concepts, retrieval, probes and a leakage audit; writes JSON + Markdown/HTML."""
@@ -544,6 +611,10 @@ def eval_command(
     from dermfm.evaluate.runner import run_benchmark
 
     overrides = _key_values(option)
+    if adapter:
+        overrides["adapters"] = [a if a == "shipped" else str(Path(a).resolve()) for a in adapter]
+    if tta:
+        overrides["tta"] = True
     try:
         if run_file is not None:
             if dataset:
@@ -590,6 +661,99 @@ def eval_command(
         f"Report: {config.output / 'report.html'} (and report.md, results.json)", highlight=False
     )
     raise typer.Exit(1 if results["errors"] else 0)
+
+
+@app.command("adapt")
+def adapt_command(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Labelled images: a dataset spec name or YAML (read under --root), a folder of "
+            "class folders, a folder holding labels.csv, or a CSV file (file,label[,split])."
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Adapter file to write (.safetensors).")
+    ],
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    root: Annotated[
+        Path, typer.Option(help="Folder holding the dataset of a spec name or YAML.")
+    ] = Path("../shared/data"),
+    labels: Annotated[
+        str | None,
+        typer.Option("--labels", "-l", help="Label set (default: the dataset's own)."),
+    ] = None,
+    templates: Annotated[str, typer.Option(help="Prompt template set.")] = "skin8",
+    train_split: Annotated[str, typer.Option(help="Split the adapter is fitted on.")] = "train",
+    val_split: Annotated[
+        str, typer.Option(help="Split that tunes and calibrates it (else held out of train).")
+    ] = "val",
+    test_split: Annotated[str, typer.Option(help="Split only reported on.")] = "test",
+    cache_shots: Annotated[
+        int, typer.Option(min=1, help="Training images per class in the image cache.")
+    ] = 16,
+    max_per_class: Annotated[
+        int | None, typer.Option(min=1, help="Fit on at most this many images per class.")
+    ] = None,
+    tta: TtaOpt = False,
+    batch_size: BatchOpt = 64,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing adapter file.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit an adapter on labelled images: a class-balanced linear probe and a Tip-Adapter image
+    cache over the model's frozen embeddings, blended with zero-shot and calibrated on a
+    validation split (docs/adapters.md). Use it with --adapter FILE."""
+    from dermfm.adapters import adapter_splits, fit_adapter, metrics_rows, read_labelled
+    from dermfm.errors import DermfmError
+
+    if output.exists() and not overwrite:
+        raise _fail(f"{output} exists: pass --overwrite to replace it")
+    loaded = _load(model, checkpoint)
+    try:
+        read = read_labelled(data, root)
+        train, val, test, how = adapter_splits(read.splits, train_split, val_split, test_split)
+        fitted = fit_adapter(
+            loaded,
+            train,
+            val,
+            labels or read.label_set,
+            test,
+            templates=templates,
+            tta=tta,
+            cache_shots=cache_shots,
+            max_per_class=max_per_class,
+            fitted_on=f"{read.name}: {how}",
+            batch_size=batch_size,
+            show_progress=True,
+        )
+        fitted.save(output, overwrite=overwrite)
+    except (DermfmError, ValueError, FileExistsError) as exc:
+        raise _fail(str(exc)) from None
+    if json_out:
+        _print_json(fitted.to_dict())
+        return
+    table = Table(
+        "split",
+        "scores",
+        "n",
+        "accuracy",
+        "balanced accuracy",
+        "top-5",
+        "macro AUROC",
+        "log-loss",
+        "ECE",
+        title=f"{fitted.describe()}: {fitted.info.n_train} training images",
+    )
+    keys = ("accuracy", "balanced_accuracy", "top5_accuracy", "macro_auroc", "log_loss", "ece")
+    for split, kind, n, found in metrics_rows(fitted):
+        cells = [f"{found[k]:.3f}" if k in found else "" for k in keys]
+        table.add_row(split, kind, str(n), *cells)
+    out.print(table)
+    out.print(
+        f"Adapter written to {output}; use it with: dermfm diagnose IMAGE --adapter {output}",
+        highlight=False,
+    )
 
 
 def _print_eval_summary(results: dict[str, Any]) -> None:

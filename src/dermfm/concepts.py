@@ -17,7 +17,7 @@ import torch
 from dermfm import cache
 from dermfm._inputs import ModelSpec, as_batch, resolve_model
 from dermfm.io import ImageInput
-from dermfm.knowledge import ConceptProtocol, ConceptVocabulary, concept_protocol, load_concepts
+from dermfm.knowledge import ConceptProtocol, ConceptVocabulary, concept_protocol, resolve_concepts
 from dermfm.models import DermModel
 from dermfm.results import ConceptAnnotation, ConceptScore
 
@@ -51,16 +51,7 @@ class ConceptAnnotator:
         temperature: float | None = None,
     ) -> None:
         self.model = resolve_model(model)
-        if isinstance(concepts, ConceptVocabulary):
-            self.vocabulary = concepts
-        elif isinstance(concepts, (str, Path)) and Path(concepts).is_file():
-            self.vocabulary = load_concepts(concepts)
-        elif concepts is None:
-            self.vocabulary = load_concepts()
-        else:
-            wanted = [concepts] if isinstance(concepts, str) else list(concepts)
-            wanted = [w.strip() for item in wanted for w in str(item).split(",") if w.strip()]
-            self.vocabulary = load_concepts().select(wanted)
+        self.vocabulary = resolve_concepts(concepts)
         self.protocol = concept_protocol(protocol) if isinstance(protocol, str) else protocol
         self.temperature = temperature or self.protocol.temperature
         self.threshold = threshold

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: ``score_kind`` of probabilities that come from an adapter (:mod:`dermfm.adapters`): blended
+#: with zero-shot and temperature-calibrated on the adapter's validation split.
+ADAPTER_SCORE_KIND = "adapter-calibrated"
+
 
 @dataclass
 class Prediction:
@@ -32,7 +36,8 @@ class RollupEntry:
 
 @dataclass
 class Diagnosis:
-    """Zero-shot differential diagnosis of one image (``error`` set when it could not be read)."""
+    """Differential diagnosis of one image (``error`` set when it could not be read): zero-shot,
+    or from an adapter when ``adapter`` names one (``score_kind`` says which)."""
 
     source: str
     model: str
@@ -46,6 +51,10 @@ class Diagnosis:
     temperature: float | None = None
     score_kind: str = "uncalibrated softmax over the label set"
     suppressed: list[str] = field(default_factory=list)
+    #: the adapter whose calibrated scores these are (``None``: zero-shot scores)
+    adapter: str | None = None
+    #: whether the image embedding averaged the test-time augmentation views
+    tta: bool = False
     error: str | None = None
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -25,7 +25,10 @@ from dermfm.knowledge import (
     load_label_set,
     load_ontology,
 )
-from dermfm.results import Diagnosis, Prediction, RollupEntry
+from dermfm.results import ADAPTER_SCORE_KIND, Diagnosis, Prediction, RollupEntry
+
+if TYPE_CHECKING:
+    from dermfm.adapters import AdapterSpec
 
 
 def class_text_embeddings(
@@ -68,6 +71,10 @@ class ZeroShotClassifier:
         ontology: the ontology used for roll-up (packaged one by default).
         suppressor: an :class:`EmbeddingFilter` applied to image embeddings before scoring
             (artifact suppression: see :func:`dermfm.interpret.load_suppressor`).
+        adapter: an :class:`~dermfm.adapters.Adapter` (or its file) blended with the zero-shot
+            scores, whose calibrated probabilities then replace them; ``True`` uses the one
+            shipped with the model for this label set when there is one; ``None`` / ``False``
+            (default) scores zero-shot. See :func:`dermfm.adapters.resolve_adapter`.
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class ZeroShotClassifier:
         temperature: float | None = None,
         ontology: Ontology | None = None,
         suppressor: EmbeddingFilter | None = None,
+        adapter: AdapterSpec = None,
     ) -> None:
         if temperature is not None and temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
@@ -91,6 +99,14 @@ class ZeroShotClassifier:
         self.suppressor = suppressor
         self._weights: torch.Tensor | None = None
         self._rollup_nodes, self._rollup_matrix = self._build_rollup()
+        from dermfm.adapters import resolve_adapter
+
+        self.adapter = resolve_adapter(self.model, self.label_set, adapter)
+        if self.adapter is not None and temperature is not None:
+            raise ValueError(
+                "an adapter carries its own calibrated temperature: drop temperature, or "
+                "pass adapter=False (--no-adapter)"
+            )
 
     @property
     def weights(self) -> torch.Tensor:
@@ -117,16 +133,33 @@ class ZeroShotClassifier:
             matrix[row, col] = 1.0
         return nodes, matrix
 
-    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """``(N, n_classes)`` cosine similarities divided by the temperature (after the
+    def similarities(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(N, n_classes)`` cosine similarities of image and class embeddings (after the
         suppressor, when there is one)."""
+        return self._filtered(embeddings) @ self.weights.T
+
+    def _filtered(self, embeddings: torch.Tensor) -> torch.Tensor:
         if self.suppressor is not None:
-            embeddings = self.suppressor.transform(embeddings.float())
-        return embeddings.float() @ self.weights.T / self.temperature
+            return self.suppressor.transform(embeddings.float())
+        return embeddings.float()
+
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """``(N, n_classes)`` cosine similarities divided by the temperature, or with an
+        adapter its calibrated logits (:meth:`dermfm.adapters.Adapter.logits`)."""
+        if self.adapter is not None:
+            filtered = self._filtered(embeddings)
+            return self.adapter.logits(filtered, filtered @ self.weights.T)
+        return self.similarities(embeddings) / self.temperature
 
     def predict_proba(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """``(N, n_classes)`` uncalibrated softmax probabilities from image embeddings."""
+        """``(N, n_classes)`` softmax probabilities from image embeddings: uncalibrated, or
+        calibrated on a validation split with an adapter (:attr:`score_kind` says which)."""
         return self.logits(embeddings).softmax(dim=-1)
+
+    @property
+    def score_kind(self) -> str:
+        """What :meth:`predict_proba` returns (the ``score_kind`` of each :class:`Diagnosis`)."""
+        return ADAPTER_SCORE_KIND if self.adapter is not None else Diagnosis.score_kind
 
     def _class_attribute(self, attribute: str) -> list[str]:
         return [
@@ -134,9 +167,12 @@ class ZeroShotClassifier:
             for c in self.label_set.classes
         ]
 
-    def summarise(self, source: str, probs: torch.Tensor, top_k: int = 5) -> Diagnosis:
+    def summarise(
+        self, source: str, probs: torch.Tensor, top_k: int = 5, tta: bool = False
+    ) -> Diagnosis:
         """The :class:`Diagnosis` of one image from its class probabilities ``(n_classes,)``
-        (top-k predictions, ontology roll-up, malignancy and urgency mass, entropy, margin)."""
+        (top-k predictions, ontology roll-up, malignancy and urgency mass, entropy, margin);
+        ``tta`` records that its embedding averaged the test-time augmentation views."""
         classes = self.label_set.classes
         order = torch.argsort(probs, descending=True).tolist()
         predictions = [
@@ -169,8 +205,11 @@ class ZeroShotClassifier:
             urgency=dict(sorted(groups["urgency"].items(), key=lambda kv: -kv[1])),
             entropy=entropy,
             margin=float(top2[0] - top2[1]) if len(top2) == 2 else 1.0,
-            temperature=self.temperature,
+            temperature=self.adapter.temperature_ if self.adapter else self.temperature,
+            score_kind=self.score_kind,
             suppressed=sorted(set(self.suppressor.artifacts)) if self.suppressor else [],
+            adapter=self.adapter.describe() if self.adapter else None,
+            tta=tta,
         )
 
     def diagnose(
@@ -179,10 +218,13 @@ class ZeroShotClassifier:
         top_k: int = 5,
         batch_size: int = 32,
         show_progress: bool | None = None,
+        tta: bool = False,
     ) -> list[Diagnosis]:
-        """One :class:`Diagnosis` per input, in order; unreadable inputs carry ``error``."""
+        """One :class:`Diagnosis` per input, in order; unreadable inputs carry ``error``.
+        ``tta``: average the embeddings of flipped and rotated views of each image
+        (:meth:`~dermfm.models.DermModel.encode_images`)."""
         embedded = self.model.embed_images(
-            images, batch_size=batch_size, show_progress=show_progress
+            images, batch_size=batch_size, show_progress=show_progress, tta=tta
         )
         probs = self.predict_proba(embedded.vectors) if embedded.ok else None
         row = {i: r for r, i in enumerate(embedded.ok)}
@@ -198,7 +240,7 @@ class ZeroShotClassifier:
                     )
                 )
             else:
-                results.append(self.summarise(source, probs[row[i]], top_k))
+                results.append(self.summarise(source, probs[row[i]], top_k, tta))
         return results
 
 
@@ -212,15 +254,21 @@ def diagnose(
     batch_size: int = 32,
     show_progress: bool | None = None,
     suppress_artifacts: bool | str | Path = False,
+    adapter: AdapterSpec = True,
+    tta: bool = False,
 ) -> Diagnosis | list[Diagnosis]:
-    """Zero-shot differential diagnosis in one call.
+    """Differential diagnosis in one call.
 
     Returns one :class:`Diagnosis` for a single image, or a list for a sequence of images (failed
-    inputs keep their place, with ``error`` set). Probabilities are uncalibrated softmax scores
-    over the label set; ``rollup`` sums them up the ontology (e.g. malignant vs benign).
+    inputs keep their place, with ``error`` set). Probabilities are uncalibrated zero-shot
+    softmax scores over the label set, or an adapter's calibrated ones (``score_kind`` says
+    which); ``rollup`` sums them up the ontology (e.g. malignant vs benign).
     ``suppress_artifacts``: ``True`` projects the image embeddings off the artifact directions
     (rulers, ink, hair, dermoscope borders, gel, watermarks) of the model's shipped sparse
     autoencoder, or of the SAE folder given as a path (:func:`dermfm.interpret.load_suppressor`).
+    ``adapter``: ``True`` (default) uses the adapter shipped with the model for this label set
+    when there is one, a path or :class:`~dermfm.adapters.Adapter` that adapter, ``False``
+    none. ``tta``: test-time augmentation (flips and 90-degree rotations, embeddings averaged).
     """
     batch, single = as_batch(images)
     model = resolve_model(model)
@@ -230,6 +278,10 @@ def diagnose(
 
         sae = None if suppress_artifacts is True else suppress_artifacts
         suppressor = load_suppressor(model, sae)  # type: ignore[arg-type]
-    clf = ZeroShotClassifier(model, labels, templates, temperature, suppressor=suppressor)
-    results = clf.diagnose(batch, top_k=top_k, batch_size=batch_size, show_progress=show_progress)
+    clf = ZeroShotClassifier(
+        model, labels, templates, temperature, suppressor=suppressor, adapter=adapter
+    )
+    results = clf.diagnose(
+        batch, top_k=top_k, batch_size=batch_size, show_progress=show_progress, tta=tta
+    )
     return results[0] if single else results

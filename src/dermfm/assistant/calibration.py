@@ -32,6 +32,7 @@ import torch
 from dermfm.errors import DermfmError
 
 if TYPE_CHECKING:
+    from dermfm.adapters import AdapterSpec
     from dermfm.models.base import DermModel
     from dermfm.zeroshot import ZeroShotClassifier
 
@@ -67,6 +68,8 @@ class AssistantCalibration:
     limits: dict[str, float]  # calibrated pixel limits (sharpness_min)
     modality_accuracy: dict[str, float]
     method: str = "split conformal, LAC (least ambiguous set-valued classifier)"
+    #: data hash of the adapter whose scores were calibrated (``None``: zero-shot scores)
+    adapter: str | None = None
 
     def group(self, modality: str) -> GroupCalibration:
         """The calibration of a modality (the other one's when it has none)."""
@@ -218,6 +221,7 @@ def calibrate(
     label_set: str = "assistant",
     templates: str = "skin8",
     percentile: float = 0.5,
+    adapter: AdapterSpec = None,
     show_progress: bool | None = None,
 ) -> AssistantCalibration:
     """Fit the assistant's calibration of ``model`` on labelled data (see the module doc).
@@ -228,6 +232,10 @@ def calibrate(
         label_set: the differential's label set.
         percentile: the validation percentile (in %) used as the sharpness limit: about this
             share of real skin photos is asked for a sharper photo.
+        adapter: calibrate an adapter's scores instead of zero-shot ones (``True``: the
+            model's shipped adapter for the label set; see
+            :func:`dermfm.adapters.resolve_adapter`); the assistant uses this calibration only
+            with that adapter.
     """
     from dermfm.assistant.consult import modality_scores
     from dermfm.assistant.quality import image_measures
@@ -241,7 +249,7 @@ def calibrate(
     unknown = {s.modality for s in sources} - set(MODALITIES)
     if unknown:
         raise ValueError(f"unknown modality {sorted(unknown)}; use one of {MODALITIES}")
-    clf = ZeroShotClassifier(model, label_set, templates)
+    clf = ZeroShotClassifier(model, label_set, templates, adapter=adapter)
     per_group: dict[str, dict[str, list[Any]]] = {}
     val_images: list[Path] = []
     for source in sources:
@@ -267,6 +275,7 @@ def calibrate(
         groups={},
         limits={},
         modality_accuracy={},
+        adapter=clf.adapter.data_hash if clf.adapter else None,
     )
     for modality, group in per_group.items():
         if not group["val"]:

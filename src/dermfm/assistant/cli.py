@@ -9,7 +9,18 @@ from typing import Annotated, Any
 
 import typer
 
-from dermfm.cli import JsonOpt, ModelOpt, _fail, _load, _print_json, err, out
+from dermfm.cli import (
+    AdapterOpt,
+    JsonOpt,
+    ModelOpt,
+    NoAdapterOpt,
+    _adapter,
+    _fail,
+    _load,
+    _print_json,
+    err,
+    out,
+)
 
 assistant_app = typer.Typer(
     help="The assistant's calibration, stored cases and documents.", no_args_is_help=True
@@ -78,6 +89,7 @@ def _assistant(
     knowledge: list[Path] | None,
     settings: Path | None,
     suppress: bool,
+    adapter: Any = True,
 ) -> Any:
     from dermfm.assistant.consult import Assistant
     from dermfm.errors import DermfmError
@@ -92,6 +104,7 @@ def _assistant(
             knowledge=knowledge or (),
             settings=settings,
             suppress_artifacts=suppress,
+            adapter=adapter,
         )
     except (DermfmError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -209,6 +222,8 @@ def consult_command(
     settings: SettingsOpt = None,
     calibration: CalibrationOpt = None,
     suppress_artifacts: SuppressOpt = False,
+    adapter: AdapterOpt = None,
+    no_adapter: NoAdapterOpt = False,
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -251,6 +266,7 @@ def consult_command(
         knowledge,
         settings,
         suppress_artifacts,
+        _adapter(adapter, no_adapter),
     )
     reports = [assistant.consult(image, question, patient) for image in images]
     if json_out:
@@ -292,6 +308,8 @@ def chat_command(
     skin_type: SkinTypeOpt = None,
     modality: ModalityOpt = None,
     calibration: CalibrationOpt = None,
+    adapter: AdapterOpt = None,
+    no_adapter: NoAdapterOpt = False,
 ) -> None:
     """Talk about a case: symptoms, duration, itch, change over time, history. Details you give
     update the report; the case and its history are stored (resume with --case ID)."""
@@ -303,7 +321,17 @@ def chat_command(
         raise _fail("give an IMAGE to start a case, or --case ID to resume one")
     store = CaseStore(case_store)
     chosen = _writer(writer, llm_url, llm_model, llm_key, llm_timeout, gguf)
-    assistant = _assistant(_load(model, None), chosen, cases, calibration, None, None, None, False)
+    assistant = _assistant(
+        _load(model, None),
+        chosen,
+        cases,
+        calibration,
+        None,
+        None,
+        None,
+        False,
+        _adapter(adapter, no_adapter),
+    )
     try:
         if case is not None:
             consultation = Consultation.resume(assistant, case, store)
@@ -362,6 +390,14 @@ def calibrate_command(
     model: ModelOpt = None,
     coverage: Annotated[float, typer.Option(help="Target coverage of prediction sets.")] = 0.9,
     labels: Annotated[str, typer.Option("--labels", help="Differential label set.")] = "assistant",
+    adapter: Annotated[
+        Path | None,
+        typer.Option(
+            "--adapter",
+            help="Calibrate this adapter's scores (the assistant then uses the calibration "
+            "with that adapter only); default: zero-shot scores.",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -385,7 +421,9 @@ def calibrate_command(
         )
     loaded = _load(model, None)
     try:
-        calibration = calibrate(loaded, sources, coverage=coverage, label_set=labels)
+        calibration = calibrate(
+            loaded, sources, coverage=coverage, label_set=labels, adapter=adapter
+        )
         folder = calibration.save(output or model_calibration_folder(loaded), overwrite)
     except (DermfmError, ValueError, FileExistsError) as exc:
         raise _fail(str(exc)) from None

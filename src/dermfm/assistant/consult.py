@@ -47,8 +47,10 @@ from dermfm.assistant.report import (
 from dermfm.errors import ImageError
 from dermfm.io import ImageInput, load_image
 from dermfm.knowledge._files import read_document
+from dermfm.results import ADAPTER_SCORE_KIND
 
 if TYPE_CHECKING:
+    from dermfm.adapters import AdapterSpec
     from dermfm.assistant.writers import Writer
     from dermfm.models.base import DermModel
     from dermfm.retrieval import Index
@@ -133,6 +135,13 @@ class Assistant:
             the model's shipped SAE; a path: that SAE folder).
         encode: embeds one preprocessed image ``(3, H, W)`` to ``(D,)`` instead of calling the
             model directly (the server passes its micro-batcher).
+        adapter: the differential's adapter (:func:`dermfm.adapters.resolve_adapter`):
+            ``True`` (default) the model's shipped adapter for the label set when there is
+            one, unless the calibration was fitted on zero-shot scores; a file or
+            :class:`~dermfm.adapters.Adapter`; ``False`` none. The calibration's temperature
+            and conformal threshold apply only to the scores they were fitted on
+            (``dermfm assistant calibrate --adapter``); an adapter whose scores they were not
+            fitted on shows its own calibrated probabilities without a prediction set.
     """
 
     def __init__(
@@ -148,6 +157,7 @@ class Assistant:
         skin_reference: str | Path | bool | None = None,
         suppress_artifacts: bool | str | Path = False,
         encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        adapter: AdapterSpec = True,
     ) -> None:
         from dermfm.assistant.rules import load_rules
         from dermfm.assistant.writers import TemplateWriter
@@ -173,7 +183,16 @@ class Assistant:
         dx = self.settings["differential"]
         label_set = self.calibration.label_set if self.calibration else dx["label_set"]
         self.templates = self.calibration.templates if self.calibration else dx["templates"]
-        self.classifier = ZeroShotClassifier(self.model, label_set, self.templates)
+        if adapter is True and self.calibration and self.calibration.adapter is None:
+            adapter = False  # a calibration of zero-shot scores: the shipped adapter defers
+        self.classifier = ZeroShotClassifier(self.model, label_set, self.templates, adapter=adapter)
+        fitted_with = self.classifier.adapter.data_hash if self.classifier.adapter else None
+        #: the calibration of the differential's scores (``None`` when it was fitted on others)
+        self.differential_calibration = (
+            self.calibration
+            if self.calibration and self.calibration.adapter == fitted_with
+            else None
+        )
         self.annotator = ConceptAnnotator(self.model, self.settings["characteristics"]["groups"])
         self.rules = load_rules(rules)
         self.patient_info = load_patient_info(knowledge)
@@ -225,13 +244,14 @@ class Assistant:
             [*self.classifier.templates, *context],
             ontology=self.classifier.ontology,
             suppressor=None,
+            adapter=self.classifier.adapter,
         )
 
     def _candidates(
         self, clf: ZeroShotClassifier, embedding: torch.Tensor, source: str, modality: str
     ) -> tuple[list[Candidate], Any, PredictionSet | None]:
         logits = clf.logits(embedding[None])[0]
-        calibration = self.calibration
+        calibration = self.differential_calibration
         probs = calibration.probabilities(logits, modality) if calibration else logits.softmax(-1)
         top_k = int(self.settings["differential"]["top_k"])
         summary = clf.summarise(source, probs, top_k)
@@ -289,13 +309,21 @@ class Assistant:
             candidates, summary, prediction_set = self._candidates(
                 self._classifier_for(context), embedding, source, modality
             )
-        calibration = self.calibration
+        calibration, adapter = self.differential_calibration, self.classifier.adapter
         kind = (
             f"calibrated probability (temperature {calibration.group(modality).temperature:.2f} "
             f"fitted on {calibration.group(modality).calibrated_on})"
             if calibration
             else "raw model score (uncalibrated softmax)"
         )
+        if adapter is not None:
+            kind = f"{ADAPTER_SCORE_KIND} probability (adapter {adapter.describe()}" + (
+                f"; temperature {calibration.group(modality).temperature:.2f} fitted on "
+                f"{calibration.group(modality).calibrated_on})"
+                if calibration
+                else "; temperature fitted on its validation split; no prediction set: the "
+                "assistant's calibration was fitted on other scores)"
+            )
         categories = [
             CategoryScore(node=r.node, name=r.name, depth=r.depth, probability=r.probability)
             for r in summary.rollup
@@ -307,7 +335,9 @@ class Assistant:
             categories=sorted(categories, key=lambda c: (c.depth, -c.probability)),
             malignancy=summary.malignancy,
             probability_kind=kind,
-            calibrated=calibration is not None,
+            calibrated=calibration is not None or adapter is not None,
+            score_kind=ADAPTER_SCORE_KIND if adapter else "calibrated" if calibration else "raw",
+            adapter=adapter.describe() if adapter else None,
             prediction_set=prediction_set,
             context=patient.context_phrases() if context else [],
             image_only=image_only,
@@ -363,8 +393,9 @@ class Assistant:
                     probability=percent(modality.probability),
                     label=modality.label,
                 )
-            if self.calibration and modality.label in self.calibration.groups:
-                measured = self.calibration.groups[modality.label].measured
+            calibration = self.differential_calibration
+            if calibration and modality.label in calibration.groups:
+                measured = calibration.groups[modality.label].measured
                 accuracy = measured.get("top1_accuracy")
                 if accuracy is not None and accuracy < float(lim["weak_top1_accuracy"]):
                     add(

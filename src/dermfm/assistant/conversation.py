@@ -209,8 +209,15 @@ class Consultation:
         return list(self.case.messages)
 
     def _image(self) -> ImageInput:
-        stored = self.store.image_path(self.case) if self.store else None
-        return stored if stored is not None and stored.is_file() else self.case.source
+        """The stored copy of the case's image; the image as the user gave it (``source``) only
+        for a case without a stored copy. A stored copy that has gone missing is an error, never
+        a reason to open ``source``: for a server that is a name the client chose."""
+        if self.case.image is None or self.store is None:
+            return self.case.source
+        stored = self.store.image_path(self.case)
+        if stored is None or not stored.is_file():
+            raise CaseError(f"case {self.case.case_id}: its stored image {self.case.image} is gone")
+        return stored
 
     def _save(self) -> None:
         if self.store is not None:

@@ -141,6 +141,12 @@ class Differential(_Model):
     malignancy: dict[str, float] = Field(default_factory=dict)
     probability_kind: str
     calibrated: bool
+    score_kind: Literal["raw", "calibrated", "adapter-calibrated"] = Field(
+        "raw",
+        description="raw zero-shot softmax, zero-shot calibrated by the assistant's "
+        "calibration, or an adapter's calibrated probabilities",
+    )
+    adapter: str | None = Field(None, description="the adapter the probabilities came from")
     prediction_set: PredictionSet | None = None
     context: list[str] = Field(
         default_factory=list,

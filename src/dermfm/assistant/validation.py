@@ -13,7 +13,7 @@ differential (the photo needs to be retaken) nothing else is supported.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -28,6 +28,9 @@ from dermfm.knowledge._files import read_document, require, string_list
 CONFIG_FILE = Path(str(resources.files("dermfm.assistant") / "writers.yaml"))
 
 ViolationKind = Literal["schema", "unsupported_diagnosis", "dosage", "certainty", "empty"]
+
+#: Patient details the user types as free text (the rest are numbers or fixed vocabulary).
+USER_TEXT_FIELDS = ("site", "duration", "notes")
 
 #: Keys of the findings whose texts do not make a condition supported: the differential is
 #: checked apart, similar cases are other patients' diagnoses, and a question or a free note
@@ -194,13 +197,34 @@ def unsupported_diagnoses(text: str, findings: dict[str, Any]) -> list[str]:
     return out
 
 
+def user_texts(findings: dict[str, Any]) -> tuple[str, ...]:
+    """The patient details of ``findings`` that the user typed as free text (the
+    :data:`USER_TEXT_FIELDS`), longest first."""
+    patient = findings.get("patient") or {}
+    values: list[Any] = []
+    for name in USER_TEXT_FIELDS:
+        value = patient.get(name)
+        values += value if isinstance(value, list) else [value]
+    texts = {v for v in values if isinstance(v, str) and v.strip()}
+    return tuple(sorted(texts, key=lambda t: (-len(t), t)))
+
+
 def validate_output(
-    output: Any, findings: dict[str, Any], *, question: str | None = None
+    output: Any,
+    findings: dict[str, Any],
+    *,
+    question: str | None = None,
+    quoted: Sequence[str] = (),
 ) -> list[Violation]:
     """Everything wrong with a writer's ``output`` for these ``findings`` (empty when none).
 
     ``output`` must be a mapping with a non-empty string ``summary`` and an ``answer`` that is a
     string or ``None``; when a ``question`` was asked the answer must be non-empty.
+
+    ``quoted``: texts the writer is known to copy verbatim from the user (the template writer
+    quotes :func:`user_texts`). They are the user's words, not the writer's claims, so they are
+    left out before the text is checked: markup, a dose or a certainty word typed as a body site
+    is no violation of the writer's.
     """
     if not isinstance(output, dict):
         return [Violation("schema", f"schema: expected a JSON object, got {type(output).__name__}")]
@@ -215,6 +239,9 @@ def validate_output(
     elif question is not None and not (answer or "").strip():
         violations.append(Violation("empty", "no answer to the question"))
     text = "\n".join(t for t in (summary, answer) if isinstance(t, str))
+    for words in sorted(set(quoted), key=len, reverse=True):
+        if words.strip():
+            text = text.replace(words, " ")
     # a weak model may copy the reply format of the prompt ("<a short summary ...>")
     violations += [
         Violation("schema", f"schema: placeholder copied from the prompt '{m[0][:40]}'")
@@ -238,9 +265,11 @@ def validate_output(
 
 __all__ = [
     "CONFIG_FILE",
+    "USER_TEXT_FIELDS",
     "Violation",
     "ViolationKind",
     "unsupported_diagnoses",
+    "user_texts",
     "validate_output",
     "writers_config",
 ]

@@ -41,6 +41,7 @@ from dermfm.assistant.report import (
 from dermfm.assistant.validation import (
     CONFIG_FILE,
     unsupported_diagnoses,
+    user_texts,
     validate_output,
     writers_config,
 )
@@ -627,7 +628,8 @@ def _template_narrative(
     fallback: str | None,
 ) -> Narrative:
     output = TemplateWriter().write(findings, question, history)
-    violations = validate_output(output, findings, question=question)
+    # the template quotes the user's site and duration verbatim: only its own words are checked
+    violations = validate_output(output, findings, question=question, quoted=user_texts(findings))
     if violations:
         raise RuntimeError(
             "the template writer's output failed validation (a bug in writers.yaml or the "

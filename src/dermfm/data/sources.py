@@ -38,6 +38,7 @@ from dermfm.data.manifest import ManifestError, Record, _mask_box
 from dermfm.io import find_images
 from dermfm.knowledge import LabelClass, LabelSet, load_concepts, load_label_set, load_ontology
 from dermfm.knowledge._files import read_document
+from dermfm.progress import progress
 
 #: Spec fields by layout (``name`` and ``spec_file`` are set by :func:`load_dataset_spec`).
 _COMMON_FIELDS = frozenset(
@@ -52,6 +53,8 @@ _COMMON_FIELDS = frozenset(
         "label_map",
         "exclude",
         "group_column",
+        "near_duplicates",
+        "group_link",
         "metadata_columns",
         "value_maps",
         "missing_values",
@@ -209,6 +212,7 @@ def _checked(spec: dict[str, Any], file: str | Path) -> dict[str, Any]:
             raise _field_error(file, "value_maps", f"{key}: {value!r} is neither a map nor a key")
     if "malignant" in spec and not spec["malignant"].get("column"):
         raise _field_error(file, "malignant", "needs a 'column' (and 'positive' values)")
+    _check_grouping(spec, file)
     if spec.get("concept_columns") not in (None, "derm7pt"):
         raise _field_error(file, "concept_columns", "only 'derm7pt' is known")
     try:
@@ -217,6 +221,26 @@ def _checked(spec: dict[str, Any], file: str | Path) -> dict[str, Any]:
         raise _field_error(file, "mask_box", exc.problem) from None
     _check_split(_split_of(spec), layout, file)
     return spec
+
+
+def _check_grouping(spec: Mapping[str, Any], file: str | Path) -> None:
+    columns = spec.get("group_column", [])
+    if not isinstance(columns, str) and (
+        not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
+    ):
+        raise _field_error(file, "group_column", "must be a column name or a list of them")
+    near = spec.get("near_duplicates")
+    if near is not None and (
+        not isinstance(near, dict)
+        or not isinstance(near.get("max_distance"), int)
+        or not 0 <= near["max_distance"] < 64
+    ):
+        raise _field_error(file, "near_duplicates", "needs 'max_distance': 0..63 bits of pHash")
+    link = spec.get("group_link")
+    if link is not None and (
+        not isinstance(link, dict) or not link.get("column") or not link.get("source")
+    ):
+        raise _field_error(file, "group_link", "needs 'column' and 'source'")
 
 
 def _split_of(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -744,6 +768,95 @@ def _row_metadata(
     return metadata
 
 
+class _Groups:
+    """Union-find over group keys: rows sharing any key end in one group."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, key: str) -> str:
+        self.parent.setdefault(key, key)
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:  # the smaller key names the group, so a lone key keeps its own name
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _near_duplicate_pairs(paths: Sequence[Path], max_distance: int) -> list[tuple[int, int]]:
+    """Index pairs of images whose perceptual hashes differ in at most ``max_distance`` bits."""
+    import numpy as np
+
+    from dermfm.evaluate.leakage import perceptual_hash
+
+    values = []
+    with progress("perceptual hashes", len(paths)) as advance:
+        for path in paths:
+            values.append(perceptual_hash(path))
+            advance()
+    hashes = np.array(values, dtype=np.uint64)
+    pairs = []
+    for i in range(len(hashes) - 1):
+        close = np.flatnonzero(np.bitwise_count(hashes[i + 1 :] ^ hashes[i]) <= max_distance)
+        pairs.extend((i, i + 1 + int(j)) for j in close)
+    return pairs
+
+
+def _linked_spec(name: str, spec: Mapping[str, Any]) -> str | dict[str, Any]:
+    """A ``group_link`` source: a source of the spec's own sources file, else any spec name."""
+    file = spec.get("spec_file")
+    if file and Path(str(file)).suffix in (".yaml", ".yml", ".json") and Path(str(file)).is_file():
+        doc = read_document(Path(str(file)))
+        if isinstance(doc.get("sources"), dict) and name in doc["sources"]:
+            return source_specs(file)[name]
+    return name
+
+
+def _row_groups(
+    spec: Mapping[str, Any], table: _Table, folder: Path, root: str | Path
+) -> dict[int, str]:
+    """The group (kept in one split) of every row, by row position.
+
+    A row's keys are the values of its ``group_column`` columns (default: its first image);
+    rows sharing a key, images that are near duplicates (``near_duplicates``) and rows linked
+    to another source's image (``group_link``) end in one group. A linked group takes the other
+    source's group name, so with the same salt and fractions it lands in the same split there.
+    """
+    columns = spec.get("group_column") or []
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    keys = {
+        row.position: [row.values[c] for c in columns if row.values.get(c)] or [row.group]
+        for row in table.rows
+    }
+    union = _Groups()
+    for row_keys in keys.values():
+        for key in row_keys:
+            union.union(row_keys[0], key)
+    near = spec.get("near_duplicates")
+    if near:
+        located = [(row, _locate(row.group, spec, folder)) for row in table.rows if row.group]
+        found = [(row, path) for row, (path, exists) in located if exists]
+        for i, j in _near_duplicate_pairs([p for _, p in found], int(near["max_distance"])):
+            union.union(keys[found[i][0].position][0], keys[found[j][0].position][0])
+    linked: dict[str, str] = {}
+    link = spec.get("group_link")
+    if link:
+        other = read_dataset(_linked_spec(str(link["source"]), spec), root).records
+        by_file = {Path(r.image).name: r.group.split(":", 1)[1] for r in other}
+        for row in table.rows:
+            target = by_file.get(Path(row.values.get(str(link["column"]), "")).name)
+            if target:
+                root_key = union.find(keys[row.position][0])
+                linked[root_key] = min(target, linked.get(root_key, target))
+    return {
+        position: linked.get(union.find(k[0]), union.find(k[0])) for position, k in keys.items()
+    }
+
+
 def read_dataset(spec: str | Path | Mapping[str, Any], root: str | Path) -> DatasetRecords:
     """Records of a dataset: a packaged spec name, a spec file, or a spec mapping.
 
@@ -777,7 +890,7 @@ def read_dataset(spec: str | Path | Mapping[str, Any], root: str | Path) -> Data
     rule = _split_of(spec)
     split_column = "folder" if rule["method"] == "folder" else str(rule.get("column", ""))
     normalise = _Normaliser(spec, tally)
-    group_column = str(spec.get("group_column", ""))
+    groups = _row_groups(spec, table, folder, root)
     box = _mask_box(spec.get("mask_box"), name)
 
     records: list[Record] = []
@@ -786,7 +899,7 @@ def read_dataset(spec: str | Path | Mapping[str, Any], root: str | Path) -> Data
         if cls is None:
             tally.skip("unknown label", raw)
             continue
-        group = row.values.get(group_column) or row.group
+        group = groups[row.position]
         split = split_of(row, group)
         if split is None:
             tally.skip("no split", row.values.get(split_column, ""))

@@ -114,6 +114,11 @@ class RunOptions:
     exclude_methods: tuple[str, ...] = ("exact", "phash")
     leakage_reference: str | None = None
     cache: bool = True
+    #: adapter files (``dermfm adapt``; ``shipped``: the model's own); each dataset is scored
+    #: with the one fitted for its label set, the others stay zero-shot
+    adapters: tuple[str, ...] = ()
+    #: test-time augmentation of every embedding (flips and 90-degree rotations, averaged)
+    tta: bool = False
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ aggregate, tabulate and plot the results.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,48 @@ class LinearProbe:
             self._model = self._train(x, y, self.C_) if refit else best[2]
         self.classes_ = classes
         return self
+
+    def to_arrays(self) -> dict[str, NDArray[Any]]:
+        """The fitted probe as arrays (``coef``, ``intercept``, ``classes``, ``C``), e.g. to
+        store in a safetensors file; :meth:`from_arrays` restores it."""
+        if self._model is None or self.classes_ is None or self.C_ is None:
+            raise ValueError("this LinearProbe is not fitted yet; call fit() first")
+        return {
+            "coef": np.asarray(self._model.coef_, dtype=np.float32),
+            "intercept": np.asarray(self._model.intercept_, dtype=np.float32),
+            "classes": np.asarray(self.classes_),
+            "C": np.asarray([self.C_], dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, ArrayLike]) -> LinearProbe:
+        """A fitted probe from :meth:`to_arrays`' output (predictions equal the original's to
+        float32 precision).
+
+        Raises:
+            ValueError: a missing array or shapes that do not fit together.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        missing = sorted({"coef", "intercept", "classes", "C"} - set(arrays))
+        if missing:
+            raise ValueError(f"probe arrays lack {missing}")
+        coef = np.asarray(arrays["coef"], dtype=np.float64)
+        intercept = np.asarray(arrays["intercept"], dtype=np.float64)
+        classes = np.asarray(arrays["classes"])
+        rows = 1 if classes.shape[0] == 2 else classes.shape[0]
+        if coef.ndim != 2 or coef.shape[0] != rows or intercept.shape != (rows,):
+            raise ValueError(
+                f"probe arrays do not fit together: coef {coef.shape}, intercept "
+                f"{intercept.shape}, {classes.shape[0]} classes"
+            )
+        c = float(np.asarray(arrays["C"]).reshape(-1)[0])
+        model = LogisticRegression(C=c)
+        model.coef_, model.intercept_, model.classes_ = coef, intercept, classes
+        model.n_features_in_ = coef.shape[1]
+        probe = cls(Cs=(c,))
+        probe._model, probe.classes_, probe.C_ = model, classes, c
+        return probe
 
     def _features(self, x: Any) -> NDArray[np.float64]:
         if self._model is None:

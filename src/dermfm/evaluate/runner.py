@@ -28,8 +28,9 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,7 +49,11 @@ from dermfm.evaluate.tasks import (
 )
 from dermfm.knowledge import LabelSet, load_label_set
 from dermfm.models.base import DermModel
+from dermfm.results import ADAPTER_SCORE_KIND
 from dermfm.zeroshot import ZeroShotClassifier
+
+if TYPE_CHECKING:
+    from dermfm.adapters import Adapter
 
 #: Largest label set whose per-class AUROCs (with intervals) and ROC curves are reported.
 PER_CLASS_LIMIT = 30
@@ -178,9 +183,17 @@ class DatasetEvaluation:
                 labelled,
                 self.options.batch_size,
                 cache=self.options.cache,
+                tta=self.options.tta,
                 show_progress=self.show_progress,
             )
         return self._embedded[split]
+
+    @cached_property
+    def adapter(self) -> Adapter | None:
+        """The run's adapter for this dataset's label set (``options.adapters``), if any."""
+        from dermfm.adapters import select_adapter
+
+        return select_adapter(self.options.adapters, self.model, self.data.label_set)
 
     def has_split(self, split: str | None) -> bool:
         """Whether the dataset has records in ``split``."""
@@ -194,7 +207,10 @@ class DatasetEvaluation:
 
     def _classifier(self) -> ZeroShotClassifier:
         return ZeroShotClassifier(
-            self.model, labels=self.data.label_set, templates=self.options.templates
+            self.model,
+            labels=self.data.label_set,
+            templates=self.options.templates,
+            adapter=self.adapter,
         )
 
     # ------------------------------------------------------------------ run
@@ -208,6 +224,8 @@ class DatasetEvaluation:
             "split": ref.split,
             "label_set": self.data.label_set.name,
             "reader": self.data.reader,
+            "adapter": self.adapter.to_dict() if self.adapter else None,
+            "tta": self.options.tta,
         }
         if "leakage" in self.tasks:
             result["leakage"] = self._leakage()
@@ -230,6 +248,11 @@ class DatasetEvaluation:
             if scored.calibrated is not None
             else "raw softmax scores (uncalibrated)"
         )
+        if self.adapter is not None:
+            result["score_kind"] = (
+                f"metrics and predictions file on {ADAPTER_SCORE_KIND} probabilities "
+                f"(adapter {self.adapter.describe()})"
+            )
         if "zeroshot" in self.tasks:
             result["zeroshot"] = self._zeroshot(test, scored)
             self._write_predictions(test.records, scored)
@@ -269,6 +292,7 @@ class DatasetEvaluation:
             seed=opts.seed,
             top_k=opts.top_k,
             per_class_auroc=len(names) <= PER_CLASS_LIMIT,
+            adapter=self.adapter,
         )
         out: dict[str, Any] = {
             "metrics": _estimates({k: v for k, v in report.items() if not k.startswith("auroc[")}),
@@ -344,6 +368,11 @@ class DatasetEvaluation:
             }
 
         out: dict[str, Any] = {"n_bins": opts.calibration_bins, "raw": summary(raw)}
+        if self.adapter is not None:
+            out["scores"] = (
+                f"'raw' holds the adapter's {ADAPTER_SCORE_KIND} probabilities; 'calibrated' "
+                "adds a second temperature fitted on the validation split"
+            )
         curves = {"raw": calibration.reliability_curve(y, raw, n_bins=opts.calibration_bins)}
         if self.has_split(ref.val_split) and ref.val_split != ref.split:
             val = self.embedded(ref.val_split or "")
@@ -520,6 +549,7 @@ class DatasetEvaluation:
                 part,
                 opts.batch_size,
                 cache=opts.cache,
+                tta=opts.tta,
                 show_progress=self.show_progress,
             )
             for part in (evaluated, reference)
@@ -549,8 +579,14 @@ class DatasetEvaluation:
         """One row per image; probabilities are calibrated when a calibration was fitted
         (``score_kind`` says which), ranks and classes are the same either way."""
         names = self.data.label_set.names
-        shown = s.calibrated if s.calibrated is not None else s.probs
-        kind = "calibrated" if s.calibrated is not None else "raw"
+        shown = s.calibrated if s.calibrated is not None and self.adapter is None else s.probs
+        kind = (
+            ADAPTER_SCORE_KIND
+            if self.adapter is not None
+            else "calibrated"
+            if s.calibrated is not None
+            else "raw"
+        )
         columns = malignant_columns(self.data.label_set)
         path = self.out_dir / "predictions" / f"{self.slug}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,9 +20,12 @@ from dermfm.errors import ImageError
 from dermfm.evaluate.metrics import Estimate, auroc, bootstrap, classification_report
 from dermfm.io import image_digest, load_image
 from dermfm.knowledge import LabelSet, load_label_set, load_ontology
-from dermfm.models.base import DermModel
+from dermfm.models.base import TTA_VIEWS, DermModel
 from dermfm.progress import progress
 from dermfm.zeroshot import ZeroShotClassifier
+
+if TYPE_CHECKING:
+    from dermfm.adapters import Adapter
 
 
 @dataclass
@@ -33,13 +37,19 @@ class EmbeddedSplit:
     failed: list[ImageError]
 
 
-def _content_keys(records: Sequence[Record]) -> tuple[list[str | None], list[ImageError]]:
-    """Per record: the key of its image content and mask (``None`` when the file is unreadable)."""
+def _content_keys(
+    records: Sequence[Record], tta: bool = False
+) -> tuple[list[str | None], list[ImageError]]:
+    """Per record: the key of its image content and mask, and of the test-time augmentation
+    views when ``tta`` (``None`` when the file is unreadable)."""
     keys: list[str | None] = []
     failed: list[ImageError] = []
+    views = [("tta", [list(v) for v in TTA_VIEWS])] if tta else []
     for record in records:
         try:
-            keys.append(content_key("image-v1", image_digest(record.image), record.mask_box))
+            keys.append(
+                content_key("image-v1", image_digest(record.image), record.mask_box, *views)
+            )
         except ImageError as exc:
             keys.append(None)
             failed.append(exc)
@@ -52,6 +62,7 @@ def embed_records(
     batch_size: int = 64,
     *,
     cache: bool = True,
+    tta: bool = False,
     show_progress: bool | None = None,
 ) -> EmbeddedSplit:
     """Embed records' images with their ``mask_box`` applied (as in training).
@@ -59,9 +70,11 @@ def embed_records(
     Embeddings are stored by model and image content (file bytes + mask) in the cache folder,
     so a re-run, another task or another dataset holding the same image does not embed it
     again (``cache=False``, or a model whose weights are changing, always embeds). Records
-    whose image cannot be read or decoded are left out and listed in ``failed``.
+    whose image cannot be read or decoded are left out and listed in ``failed``. ``tta``:
+    test-time augmentation (:meth:`~dermfm.models.DermModel.encode_images`), cached under
+    keys of their own.
     """
-    keys, failed = _content_keys(records)
+    keys, failed = _content_keys(records, tta)
     store = VectorStore("embeddings", model.cache_key, cache and model.cacheable)
     known = store.get_many([k for k in keys if k], model.embed_dim)
     todo = [i for i, k in enumerate(keys) if k and k not in known]
@@ -76,7 +89,9 @@ def embed_records(
                 except ImageError as exc:
                     failed.append(exc)
             if images:
-                result = model.embed_images(images, batch_size=batch_size, show_progress=False)
+                result = model.embed_images(
+                    images, batch_size=batch_size, tta=tta, show_progress=False
+                )
                 for row, j in enumerate(result.ok):
                     fresh[keys[chunk[j]]] = result.vectors[row]  # type: ignore[index]
                 failed += list(result.errors.values())
@@ -145,17 +160,18 @@ def diagnosis_report(
     seed: int = 0,
     top_k: Sequence[int] = (1, 5),
     per_class_auroc: bool = False,
+    adapter: Adapter | None = None,
 ) -> dict[str, Estimate]:
     """The :func:`~dermfm.evaluate.metrics.classification_report` of zero-shot diagnosis on the
-    split's labelled records (raw softmax scores; clusters: the records' ``group``)."""
+    split's labelled records (raw softmax scores, or an ``adapter``'s calibrated ones;
+    clusters: the records' ``group``)."""
     labels = load_label_set(label_set) if isinstance(label_set, str) else label_set
     y = targets(split.records, labels)
     keep = y >= 0
     if not keep.any():
         raise ValueError(f"no record carries a label of label set {labels.name!r}")
-    probs = ZeroShotClassifier(model, labels=labels, templates=templates).predict_proba(
-        split.vectors[torch.from_numpy(keep)]
-    )
+    clf = ZeroShotClassifier(model, labels=labels, templates=templates, adapter=adapter)
+    probs = clf.predict_proba(split.vectors[torch.from_numpy(keep)])
     groups = [r.key for r, k in zip(split.records, keep, strict=True) if k]
     return classification_report(
         y[keep],

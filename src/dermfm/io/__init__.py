@@ -3,6 +3,7 @@
 from dermfm.io.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
+    PEAK_BYTES_PER_PIXEL,
     ImageInput,
     decode_image_bytes,
     expand_inputs,
@@ -15,6 +16,7 @@ from dermfm.io.images import (
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "PEAK_BYTES_PER_PIXEL",
     "ImageInput",
     "decode_image_bytes",
     "expand_inputs",

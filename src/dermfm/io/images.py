@@ -1,8 +1,16 @@
 """Validated image loading.
 
-Every image goes through :func:`load_image`, which honours EXIF orientation, converts any mode
-(grayscale, RGBA, palette, CMYK, 16-bit, float) to 8-bit RGB, refuses decompression bombs by a pixel
-limit, and turns every failure into an :class:`~dermfm.errors.ImageError` naming the file.
+Every image goes through :func:`load_image` (files) or :func:`decode_image_bytes` (bytes), which
+honour EXIF orientation, convert any mode (grayscale, RGBA, palette, CMYK, 16-bit, float) to 8-bit
+RGB, refuse decompression bombs by a pixel budget, and turn every failure into an
+:class:`~dermfm.errors.ImageError` naming the file.
+
+The pixel budget is checked from the image header, before any pixel is allocated. Decoding then
+holds at most :data:`PEAK_BYTES_PER_PIXEL` bytes per pixel at once (the decoded source and its RGB
+conversion; Pillow keeps RGB pixels in 4 bytes; 8 bytes for RGB, RGBA and greyscale photos), so
+one decode within the default budget of :data:`DEFAULT_MAX_PIXELS` (40 megapixels) costs at most
+480 MB (320 MB for a photo), and a smaller budget proportionally less (``dermfm serve`` uses 30
+megapixels: 360 MB at most, 240 MB for a photo).
 """
 
 from __future__ import annotations
@@ -19,8 +27,14 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from dermfm.errors import ImageError
 
-#: Largest image accepted by default (about 100 megapixels, e.g. 12000 x 8000).
-DEFAULT_MAX_PIXELS = 100_000_000
+#: Largest image decoded by default: 40 megapixels (e.g. 7746 x 5164; a 12 MP phone photo is
+#: 4032 x 3024).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+#: Most bytes per pixel of the budget that a decode holds at once: the source (at most 4 bytes per
+#: pixel in Pillow) and its 4-byte RGB conversion, plus a 4-byte RGBA step for palette images with
+#: transparency or a float32 scratch array for 16/32-bit sources.
+PEAK_BYTES_PER_PIXEL = 12
 
 #: File suffixes treated as images when a folder is scanned.
 IMAGE_SUFFIXES = frozenset(
@@ -55,20 +69,28 @@ def source_name(image: ImageInput) -> str:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; transparent pixels are composited onto white."""
+    """Convert any PIL mode to 8-bit RGB; transparent pixels are composited onto white.
+
+    Returns ``img`` itself when it is RGB already, else one new image (no other full-size copy
+    is made, so the peak is the source plus its RGB version).
+    """
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
+        arr *= 255.0 / hi
+        arr += 0.5
+        np.clip(arr, 0, 255, out=arr)
+        grey = Image.fromarray(arr.astype(np.uint8), mode="L")
+        del arr
+        return grey.convert("RGB")
+    if (img.mode == "P" and "transparency" in img.info) or img.mode in ("PA", "RGBa", "La"):
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("RGBA", "LA"):
+        white = Image.new("RGB", img.size, (255, 255, 255))
+        white.paste(img, mask=img)  # its alpha band as the mask: composited over white
+        return white
     return img.convert("RGB")
 
 
@@ -82,7 +104,9 @@ def load_image(
 
     Args:
         image: a file path, or a PIL image (converted, not re-validated for size).
-        max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+        max_pixels: refuse images with more pixels than this, read from the header before any
+            pixel is decoded (decompression-bomb guard; see the module doc for the memory it
+            bounds).
         draft_size: if given, JPEGs are decoded at the smallest DCT scale whose shorter side is
             still at least this many pixels (much faster for camera-sized photos; the model's
             preprocessing resizes further anyway).
@@ -113,7 +137,12 @@ def load_image(
 def _decode(
     source: Path | BinaryIO, where: str, max_pixels: int, draft_size: int | None
 ) -> Image.Image:
-    """Decode a file or a binary stream with every check; errors name ``where``."""
+    """Decode a file or a binary stream with every check; errors name ``where``.
+
+    The size is checked from the header; the pixels are then decoded once, turned upright in
+    place and converted to RGB, so at most the source and its RGB version are held at once. The
+    result carries pixels only: its ``info`` (EXIF, ICC profile, comments, text chunks) is empty.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -130,8 +159,13 @@ def _decode(
                     if scale >= 2:
                         img.draft("RGB", (int(width / scale), int(height / scale)))
                 img.load()
-                upright = ImageOps.exif_transpose(img) or img
-                return _to_rgb(upright).copy()
+                ImageOps.exif_transpose(img, in_place=True)
+                rgb = _to_rgb(img)
+                # detached from the file (the source's pixels are copied only when they are RGB
+                # already; else the conversion is the new image), and pixels only
+                rgb = rgb.copy() if rgb is img else rgb
+                rgb.info = {}
+                return rgb
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
@@ -152,7 +186,8 @@ def _decode(
 def decode_image_bytes(
     data: bytes, where: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> Image.Image:
-    """:func:`load_image` for encoded bytes (e.g. a tar member); errors name ``where``."""
+    """:func:`load_image` for encoded bytes (e.g. an upload or a tar member), with the same pixel
+    budget checked from the header; errors name ``where``."""
     if not data:
         raise ImageError(where, "empty file (0 bytes)")
     _enable_heif()

@@ -9,7 +9,12 @@ from dermfm.knowledge.labels import LabelClass, LabelSet, label_set_names, load_
 from dermfm.knowledge.ontology import Node, Ontology, load_ontology
 from dermfm.knowledge.patient_info import PatientEntry, PatientInfo, load_patient_info
 from dermfm.knowledge.templates import ConceptProtocol, concept_protocol, diagnosis_templates, fill
-from dermfm.knowledge.vocabulary import Concept, ConceptVocabulary, load_concepts
+from dermfm.knowledge.vocabulary import (
+    Concept,
+    ConceptVocabulary,
+    load_concepts,
+    resolve_concepts,
+)
 
 __all__ = [
     "Concept",
@@ -29,4 +34,5 @@ __all__ = [
     "load_label_set",
     "load_ontology",
     "load_patient_info",
+    "resolve_concepts",
 ]

@@ -164,12 +164,26 @@ def _from_file(path: Path, ontology: Ontology) -> LabelSet:
 
 
 def load_label_set(
-    spec: str | Path | Sequence[str] | LabelSet, ontology: Ontology | None = None
+    spec: str | Path | Sequence[str] | LabelSet,
+    ontology: Ontology | None = None,
+    *,
+    allow_files: bool = True,
 ) -> LabelSet:
     """Resolve a label set from a packaged name, a file (YAML/JSON/one name per line) or a list.
 
     A list of strings, or a comma-separated string, gives free-text classes, each linked to the
     ontology node whose name or synonym matches it (so hierarchical roll-up still works).
+
+    Args:
+        spec: what to resolve.
+        ontology: the ontology classes are linked to (the packaged one by default).
+        allow_files: ``False`` for values that come from someone who may not read this
+            machine's files (e.g. a request to the server): a string is then only ever a
+            packaged name or a comma-separated list; the file system is never consulted, so the
+            answer is the same whether or not a file of that name exists.
+
+    Raises:
+        KnowledgeError: ``spec`` is none of these, or a file that is not a valid label set.
     """
     if isinstance(spec, LabelSet):
         return spec
@@ -182,13 +196,16 @@ def load_label_set(
     packaged_sets = _packaged_sets(ontology)
     if text in packaged_sets:
         return packaged_sets[text]
-    path = Path(text)
-    if path.is_file():
-        return _from_file(path, ontology)
+    if allow_files and Path(text).is_file():
+        return _from_file(Path(text), ontology)
     if "," in text:
         return load_label_set([t for t in text.split(",") if t.strip()], ontology)
+    accepted = (
+        "a packaged label set, an existing file, or a comma-separated list"
+        if allow_files
+        else "a packaged label set or a list of class names (files cannot be named here)"
+    )
     raise KnowledgeError(
-        text,
-        "not a packaged label set, an existing file, or a comma-separated list "
-        f"(packaged sets: {', '.join(packaged_sets)})",
+        text if allow_files else "labels",
+        f"not {accepted} (packaged sets: {', '.join(packaged_sets)})",
     )

@@ -94,3 +94,33 @@ def _load_cached(path: str) -> ConceptVocabulary:
 def load_concepts(path: str | Path | None = None) -> ConceptVocabulary:
     """The packaged concept vocabulary, or the user's own file of the same schema."""
     return _load_cached(str(Path(path).resolve()) if path else str(packaged("concepts.yaml")))
+
+
+def resolve_concepts(
+    spec: ConceptVocabulary | str | Path | Sequence[str] | None = None,
+    *,
+    allow_files: bool = True,
+) -> ConceptVocabulary:
+    """A vocabulary from a :class:`ConceptVocabulary`, a vocabulary file, concept ids and/or
+    group names of the packaged vocabulary (a list, or one comma-separated string), or ``None``
+    for the whole packaged vocabulary.
+
+    Args:
+        spec: what to resolve.
+        allow_files: ``False`` for values that come from someone who may not read this
+            machine's files: a string is then only ever ids or group names, and the file system
+            is never consulted.
+
+    Raises:
+        KeyError: unknown concept ids or groups.
+        KnowledgeError: a vocabulary file that is missing or invalid.
+    """
+    if isinstance(spec, ConceptVocabulary):
+        return spec
+    if spec is None:
+        return load_concepts()
+    if allow_files and isinstance(spec, str | Path) and Path(spec).is_file():
+        return load_concepts(spec)
+    wanted = [spec] if isinstance(spec, str | Path) else list(spec)
+    names = [w.strip() for item in wanted for w in str(item).split(",") if w.strip()]
+    return load_concepts().select(names)

@@ -57,6 +57,21 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
+#: Test-time augmentation views as ``(quarter turns, mirrored)``: the eight symmetries of the
+#: square (the image, its rotations by 90, 180 and 270 degrees, and the mirror image of each:
+#: horizontal and vertical flips and the two diagonal flips).
+TTA_VIEWS: tuple[tuple[int, bool], ...] = tuple(
+    (turns, mirrored) for mirrored in (False, True) for turns in range(4)
+)
+
+
+def tta_view(pixels: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """Images ``(..., H, W)`` mirrored left-right (when ``mirrored``), then rotated by
+    ``turns`` quarter turns counter-clockwise."""
+    flipped = pixels.flip(-1) if mirrored else pixels
+    return torch.rot90(flipped, turns, dims=(-2, -1))
+
+
 class DermModel(ABC):
     """A CLIP-style model: image and text towers that embed into one space.
 
@@ -121,10 +136,21 @@ class DermModel(ABC):
         return self._embed_dim
 
     @torch.inference_mode()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """L2-normalised float32 embeddings of preprocessed images ``(N, 3, H, W)``."""
+    def encode_images(self, pixels: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """L2-normalised float32 embeddings of preprocessed images ``(N, 3, H, W)``.
+
+        ``tta``: test-time augmentation; each image is embedded in the eight views of
+        :data:`TTA_VIEWS` (flips and 90-degree rotations of the preprocessed square) and its
+        embedding is the re-normalised mean of the eight normalised view embeddings (averaging
+        embeddings, not probabilities, so every head that reads embeddings gets it). Eight
+        times the compute.
+        """
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        return _normalise(self._encode_pixels(pixels.to(self.device, dtype))).cpu()
+        pixels = pixels.to(self.device, dtype)
+        if not tta:
+            return _normalise(self._encode_pixels(pixels)).cpu()
+        views = [_normalise(self._encode_pixels(tta_view(pixels, *v))) for v in TTA_VIEWS]
+        return _normalise(torch.stack(views).mean(dim=0)).cpu()
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -155,6 +181,7 @@ class DermModel(ABC):
         workers: int = 4,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         draft: bool = True,
+        tta: bool = False,
         show_progress: bool | None = None,
     ) -> ImageEmbeddings:
         """Decode, preprocess and embed many images; failures are collected, not raised.
@@ -165,7 +192,8 @@ class DermModel(ABC):
         model's threads for cores. Batches run under ``torch.inference_mode``, and JPEGs whose
         shorter side is at least four times the model input are decoded at a reduced DCT scale
         that keeps at least twice the input size (``draft=False`` decodes at full size, for
-        bit-for-bit parity with a plain PIL pipeline).
+        bit-for-bit parity with a plain PIL pipeline). ``tta``: test-time augmentation (see
+        :meth:`encode_images`).
         """
         images = list(images)
         sources = [source_name(im) for im in images]
@@ -206,7 +234,7 @@ class DermModel(ABC):
                         tensors.append(result)
                         kept.append(i)
                 if tensors:
-                    vectors.append(self.encode_images(torch.stack(tensors)))
+                    vectors.append(self.encode_images(torch.stack(tensors), tta=tta))
                     ok.extend(kept)
                 advance(len(idx))
                 if has_next and not ahead:

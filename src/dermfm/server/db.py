@@ -1,7 +1,8 @@
 """The server's database: SQLAlchemy 2 models, engines and Alembic migrations.
 
-Tables: ``users``, ``tokens`` (only SHA-256 hashes of tokens), ``cases`` with their ``messages``
-and ``reports`` (deleted with the case), and the ``audit`` log (whose entries outlive the case).
+Tables: ``users`` (with their status), ``tokens`` (only SHA-256 hashes of tokens), ``cases`` with
+their ``messages`` and ``reports`` (deleted with the case), and the ``audit`` log (whose entries
+outlive the case).
 Times are ISO 8601 UTC texts as :func:`dermfm.assistant.report.now` writes them (the case model's
 own format, so a case reads back exactly as it was saved). SQLite is the default (a file in the
 data folder, WAL journal, every commit synced to disk); any SQLAlchemy URL works, e.g.
@@ -30,6 +31,8 @@ from sqlalchemy import (
     make_url,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dermfm.server.private import private_dir, private_file
 
 #: The Alembic scripts (``env.py``, ``versions/``) shipped with the package.
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -65,7 +68,9 @@ class Base(DeclarativeBase):
 
 
 class UserRow(Base):
-    """An account: ``clinician`` or ``admin``, with a scrypt password hash."""
+    """An account: ``clinician`` or ``admin``, with a password hash (argon2id; scrypt from
+    before revision 0002 until the next sign-in; empty once deleted) and a status (``active``,
+    ``disabled`` or ``deleted``)."""
 
     __tablename__ = "users"
 
@@ -73,6 +78,7 @@ class UserRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str] = mapped_column(String(256))
     created: Mapped[str] = mapped_column(_TIME)
+    status: Mapped[str] = mapped_column(String(16), server_default="active")
 
 
 class TokenRow(Base):
@@ -172,13 +178,16 @@ def _sqlite_begin(connection: Connection) -> None:
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``. SQLite gets :data:`SQLITE_PRAGMAS` on every connection, may be
-    used from any thread, and its folder is created; transactions begin ``DEFERRED`` unless the
-    :data:`SQLITE_BEGIN` execution option says ``IMMEDIATE``."""
+    used from any thread, and its file is private (``0600``, its folder ``0700`` when it is
+    created here); transactions begin ``DEFERRED`` unless the :data:`SQLITE_BEGIN` execution
+    option says ``IMMEDIATE``."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        database = Path(parsed.database)
+        private_dir(database.parent, tighten=False)
+        private_file(database)
     engine = create_engine(url, connect_args={"check_same_thread": False})
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)

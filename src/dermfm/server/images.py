@@ -1,10 +1,10 @@
 """Uploaded images without their metadata, stored by content.
 
-:func:`strip_metadata` decodes an upload (validated, upright, RGB, within the pixel limit) and
-re-encodes only its pixels: no EXIF (GPS position, camera, dates), ICC profile, XMP, comments or
-text chunks survive. :class:`ImageStore` keeps the results content-addressed
+:func:`strip_metadata` decodes an upload (validated, upright, RGB, within the pixel budget read
+from its header) and encodes only its pixels: no EXIF (GPS position, camera, dates), ICC profile,
+XMP, comments or text chunks survive. :class:`ImageStore` keeps the results content-addressed
 (``<root>/ab/abcdef....jpg``, named by the SHA-256 of the stored bytes), so cases sharing an
-image share one file.
+image share one file; its folders are ``0700`` and its files ``0600``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from PIL import Image
 
 from dermfm.cache import atomic_write_bytes
 from dermfm.io import DEFAULT_MAX_PIXELS, decode_image_bytes
+from dermfm.server.private import private_dir
 
 #: Lossy input formats (as PIL names them), re-encoded as JPEG; any other format becomes PNG.
 LOSSY_FORMATS = frozenset({"JPEG", "MPO", "HEIF", "AVIF", "WEBP"})
@@ -37,7 +38,8 @@ def strip_metadata(
     Args:
         data: the uploaded file's bytes.
         name: the upload's name, used in error messages.
-        max_pixels: refuse larger images (decompression-bomb guard).
+        max_pixels: refuse larger images, from the header, before decoding
+            (decompression-bomb guard).
 
     Returns:
         The new file's bytes and its extension (``.jpg`` for JPEG, HEIC, AVIF and WebP inputs,
@@ -47,11 +49,10 @@ def strip_metadata(
     Raises:
         ImageError: naming ``name``: empty, not an image, truncated, too many pixels.
     """
-    decoded = decode_image_bytes(data, name, max_pixels=max_pixels)
-    with Image.open(io.BytesIO(data)) as original:
+    # the decoded image carries pixels only (dermfm.io drops every metadata block)
+    pixels = decode_image_bytes(data, name, max_pixels=max_pixels)
+    with Image.open(io.BytesIO(data)) as original:  # the header only: which format it was
         lossy = original.format in LOSSY_FORMATS
-    # A new image from the raw pixels carries nothing of the upload's ``info``.
-    pixels = Image.frombytes("RGB", decoded.size, decoded.tobytes())
     out = io.BytesIO()
     if lossy:
         pixels.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
@@ -64,7 +65,7 @@ class ImageStore:
     """Metadata-free images under ``root``, named by the SHA-256 of their bytes."""
 
     def __init__(self, root: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.root = Path(root)
+        self.root = private_dir(root)
         self.max_pixels = max_pixels
 
     def _stem(self, sha: str) -> Path:
@@ -83,6 +84,7 @@ class ImageStore:
         sha = hashlib.sha256(stripped).hexdigest()
         target = self._stem(sha).with_suffix(extension)
         if not target.is_file():
+            private_dir(target.parent)
             # durable: the database commit that refers to it must not outlive the file
             atomic_write_bytes(target, stripped, durable=True)
         return sha

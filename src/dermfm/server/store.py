@@ -2,10 +2,14 @@
 (:class:`SqlCaseStore`, the database counterpart of
 :class:`~dermfm.assistant.conversation.CaseStore`).
 
-Passwords are hashed with scrypt (random salt, constant-time comparison); bearer tokens are
-random and only their SHA-256 is stored. A case is saved in one transaction that is committed
-(synced to disk) before :meth:`SqlCaseStore.save` returns, so a saved case survives a killed
-server. Images are kept without metadata in an :class:`~dermfm.server.images.ImageStore`.
+Passwords are hashed with argon2id at OWASP's recommended cost (:data:`ARGON2_MEMORY_KIB`,
+:data:`ARGON2_TIME_COST`, :data:`ARGON2_PARALLELISM`); hashes of earlier versions (scrypt) still
+verify and are replaced by a new hash at the next successful sign-in. Bearer tokens are random and
+only their SHA-256 is stored. Accounts are ``active``, ``disabled`` (no sign-in, tokens revoked)
+or ``deleted`` (likewise, and the password is gone; the name stays taken so that nobody new
+inherits the cases it kept). A case is saved in one transaction that is committed (synced to disk)
+before :meth:`SqlCaseStore.save` returns, so a saved case survives a killed server. Images are kept
+without metadata in an :class:`~dermfm.server.images.ImageStore`.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from functools import cache
 from pathlib import Path
 from typing import Literal, TypedDict
 
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import ValidationError
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,14 +60,23 @@ from dermfm.server.images import ImageStore
 #: Account roles, least to most privileged.
 ROLES: tuple[str, ...] = ("clinician", "admin")
 
+#: Account states: only ``active`` accounts sign in and use tokens.
+UserStatus = Literal["active", "disabled", "deleted"]
+
 #: Token kinds: ``login`` (from ``POST /api/login``) and long-lived ``api`` tokens.
 TokenKind = Literal["login", "api"]
 
 #: Shortest password accepted.
 MIN_PASSWORD_LENGTH = 8
 
-#: scrypt cost parameters of new password hashes (stored in each hash, so they can change).
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+#: argon2id cost of new password hashes (OWASP's recommendation: 19 MiB of memory, 2 passes, one
+#: lane; about 70 ms on one core). Each hash records its parameters, so they can be raised later:
+#: older hashes are replaced at the next successful sign-in.
+ARGON2_MEMORY_KIB, ARGON2_TIME_COST, ARGON2_PARALLELISM = 19_456, 2, 1
+
+_HASHER = PasswordHasher(
+    time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_PARALLELISM
+)
 
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
@@ -70,7 +85,11 @@ Upload = tuple[bytes, str]
 
 
 class UserError(DermfmError, ValueError):
-    """A user that does not exist, already exists, or cannot be created as asked."""
+    """A user that does not exist, already exists, or cannot be created or changed as asked."""
+
+
+class NoSuchUser(UserError):
+    """There is no (undeleted) account of that name."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,16 @@ class User:
 
     name: str
     role: str
+
+
+class Account(TypedDict):
+    """An account in the list of users (the JSON of ``GET /api/users``)."""
+
+    name: str
+    role: str
+    status: str
+    created: str
+    cases: int
 
 
 class AuditEntry(TypedDict):
@@ -107,33 +136,56 @@ class CaseSummary(TypedDict):
     reports: int
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=32)
+def is_user_name(name: str) -> bool:
+    """Whether ``name`` is a valid user name (letters, digits, ``. _ @ -``, up to 64
+    characters, starting with a letter or digit)."""
+    return _USER_NAME.fullmatch(name) is not None
 
 
 def hash_password(password: str) -> str:
-    """A scrypt hash of ``password`` with a random salt: ``scrypt$n$r$p$salt$hash``."""
-    salt = secrets.token_bytes(16)
-    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+    """An argon2id hash of ``password`` with a random salt (PHC string format,
+    ``$argon2id$v=19$m=...,t=...,p=...$salt$hash``)."""
+    return _HASHER.hash(password)
 
 
-def check_password(password: str, stored: str) -> bool:
-    """Whether ``password`` matches a :func:`hash_password` hash (constant-time comparison);
-    ``False`` for a malformed hash."""
+def _check_scrypt(password: str, stored: str) -> bool:
+    """A hash of dermfm 0.1 (``scrypt$n$r$p$salt$hash``)."""
     try:
         scheme, n, r, p, salt, digest = stored.split("$")
         if scheme != "scrypt":
             return False
         expected = base64.b64decode(digest, validate=True)
-        actual = _scrypt(password, base64.b64decode(salt, validate=True), int(n), int(r), int(p))
+        actual = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.b64decode(salt, validate=True),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+        )
     except ValueError:
         return False
     return hmac.compare_digest(actual, expected)
+
+
+def check_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches a stored hash: an argon2id hash of :func:`hash_password` or
+    a scrypt hash of an earlier version (constant-time comparison); ``False`` for a malformed
+    or empty hash."""
+    if not stored.startswith("$argon2"):
+        return _check_scrypt(password, stored)
+    try:
+        return _HASHER.verify(stored, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def needs_rehash(stored: str) -> bool:
+    """Whether a stored hash is of an older scheme or cost than :func:`hash_password` makes."""
+    try:
+        return not stored.startswith("$argon2") or _HASHER.check_needs_rehash(stored)
+    except InvalidHashError:
+        return True
 
 
 @cache
@@ -145,6 +197,11 @@ def _dummy_hash() -> str:
 def token_sha256(raw: str) -> str:
     """The stored form of a bearer token."""
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def _now_utc() -> str:
+    """Now, in the format of token expiry times (UTC, whole seconds), which sort as text."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 class Database:
@@ -183,33 +240,34 @@ class Database:
         with self._writer.begin() as session:
             yield session
 
-    # --- users and tokens ---------------------------------------------------------------
+    # --- users ------------------------------------------------------------------------------
 
     def create_user(self, name: str, role: str, password: str) -> User:
         """Add an account.
 
         Raises:
-            UserError: the name is taken or not a valid user name (letters, digits, ``. _ @
-                -``, up to 64 characters), the role unknown or the password too short.
+            UserError: the name is taken (also by a deleted account) or not a valid user name
+                (:func:`is_user_name`), the role unknown or the password too short.
         """
-        if not _USER_NAME.fullmatch(name):
+        if not is_user_name(name):
             raise UserError(
-                f"user name {name!r}: use 1-64 letters, digits or . _ @ - (starting with a "
-                "letter or digit)"
+                f"user name {name[:100]!r}: use 1-64 letters, digits or . _ @ - (starting with "
+                "a letter or digit)"
             )
         if role not in ROLES:
             raise UserError(f"user {name}: role {role!r} is not one of {', '.join(ROLES)}")
-        if len(password) < MIN_PASSWORD_LENGTH:
-            raise UserError(
-                f"user {name}: the password needs at least {MIN_PASSWORD_LENGTH} characters"
-            )
+        _check_new_password(name, password)
         try:
             with self.transaction() as session:
                 if session.get(UserRow, name) is not None:
                     raise UserError(f"user {name} already exists")
                 session.add(
                     UserRow(
-                        name=name, role=role, password_hash=hash_password(password), created=now()
+                        name=name,
+                        role=role,
+                        password_hash=hash_password(password),
+                        created=now(),
+                        status="active",
                     )
                 )
         except IntegrityError as exc:
@@ -217,23 +275,142 @@ class Database:
         return User(name=name, role=role)
 
     def user_exists(self, name: str) -> bool:
-        """Whether there is an account called ``name``."""
-        with self.session() as session:
-            return session.get(UserRow, name) is not None
-
-    def verify_password(self, name: str, password: str) -> User | None:
-        """The user when ``password`` is theirs, else ``None`` (also for unknown users, after
-        the same amount of work)."""
+        """Whether there is an active account called ``name``."""
         with self.session() as session:
             row = session.get(UserRow, name)
-        if row is None:
+            return row is not None and row.status == "active"
+
+    def users(self) -> list[Account]:
+        """Every account (deleted ones included, with their status), by name, with the number
+        of cases each owns."""
+        owned = (
+            select(CaseRow.owner, func.count().label("cases")).group_by(CaseRow.owner).subquery()
+        )
+        query = (
+            select(UserRow, func.coalesce(owned.c.cases, 0))
+            .outerjoin(owned, owned.c.owner == UserRow.name)
+            .order_by(UserRow.name)
+        )
+        with self.session() as session:
+            return [
+                Account(
+                    name=row.name,
+                    role=row.role,
+                    status=row.status,
+                    created=row.created,
+                    cases=int(cases),
+                )
+                for row, cases in session.execute(query)
+            ]
+
+    def verify_password(self, name: str, password: str) -> User | None:
+        """The user when ``password`` is theirs and the account is active, else ``None`` (also
+        for unknown users, after the same amount of work). A hash of an older scheme or cost is
+        replaced by a new one."""
+        with self.session() as session:
+            row = session.get(UserRow, name)
+        if row is None or not row.password_hash:  # unknown or deleted: the same work
             check_password(password, _dummy_hash())
             return None
-        return (
-            User(name=row.name, role=row.role)
-            if check_password(password, row.password_hash)
-            else None
+        if not check_password(password, row.password_hash) or row.status != "active":
+            return None
+        if needs_rehash(row.password_hash):
+            with self.transaction() as session:
+                session.execute(
+                    update(UserRow)
+                    .where(UserRow.name == name, UserRow.password_hash == row.password_hash)
+                    .values(password_hash=hash_password(password))
+                )
+        return User(name=row.name, role=row.role)
+
+    def _active(self, session: Session, name: str) -> UserRow:
+        row = session.get(UserRow, name, with_for_update=True)
+        if row is None or row.status == "deleted":
+            raise NoSuchUser(f"no user {name}")
+        return row
+
+    def _check_keeps_an_admin(self, session: Session, row: UserRow) -> None:
+        """Refuse to disable or delete the last active admin (nobody could manage users)."""
+        if row.role != "admin" or row.status != "active":
+            return
+        others = session.scalar(
+            select(func.count())
+            .select_from(UserRow)
+            .where(UserRow.role == "admin", UserRow.status == "active", UserRow.name != row.name)
         )
+        if not others:
+            raise UserError(f"user {row.name} is the last active admin; add another admin first")
+
+    def set_password(
+        self, name: str, password: str, *, actor: str, keep_token: str | None = None
+    ) -> int:
+        """Give user ``name`` a new password and revoke their tokens (all but ``keep_token``,
+        the raw token of the request that asked, if any); audited as ``password`` by ``actor``.
+
+        Returns:
+            How many tokens were revoked.
+
+        Raises:
+            UserError: no such user, or the password is too short.
+        """
+        _check_new_password(name, password)
+        digest = hash_password(password)
+        with self.transaction() as session:
+            row = self._active(session, name)
+            row.password_hash = digest
+            revoked = self._revoke(session, name, keep_token)
+            self._audit(session, actor, "password", None, f"user={name} tokens_revoked={revoked}")
+        return revoked
+
+    def set_status(self, name: str, status: Literal["active", "disabled"], *, actor: str) -> None:
+        """Enable or disable an account; disabling revokes every token of it. Audited as
+        ``user_enable`` / ``user_disable`` by ``actor``.
+
+        Raises:
+            UserError: no such user, or it is the last active admin.
+        """
+        with self.transaction() as session:
+            row = self._active(session, name)
+            if status == "disabled":
+                self._check_keeps_an_admin(session, row)
+                revoked = self._revoke(session, name)
+            else:
+                revoked = 0
+            row.status = status
+            action = "user_enable" if status == "active" else "user_disable"
+            self._audit(session, actor, action, None, f"user={name} tokens_revoked={revoked}")
+
+    def delete_user(self, name: str, *, actor: str, transfer_to: str | None = None) -> int:
+        """Delete an account: its tokens and password are removed and it can never sign in
+        again; the name stays taken. Its cases are kept (admins still see them) or, with
+        ``transfer_to``, handed over to that active user. Audited as ``user_delete``.
+
+        Returns:
+            How many cases were handed over.
+
+        Raises:
+            UserError: no such user, ``transfer_to`` is not another active user, or ``name`` is
+                the last active admin.
+        """
+        with self.transaction() as session:
+            row = self._active(session, name)
+            self._check_keeps_an_admin(session, row)
+            moved = 0
+            if transfer_to is not None:
+                target = session.get(UserRow, transfer_to)
+                if transfer_to == name or target is None or target.status != "active":
+                    raise UserError(f"cannot hand the cases of {name} to {transfer_to}")
+                moved = session.execute(
+                    update(CaseRow).where(CaseRow.owner == name).values(owner=transfer_to)
+                ).rowcount
+            revoked = self._revoke(session, name)
+            row.status = "deleted"
+            row.password_hash = ""
+            detail = f"user={name} cases_to={transfer_to or name} cases={moved}"
+            self._audit(session, actor, "user_delete", None, f"{detail} tokens_revoked={revoked}")
+        return moved
+
+    # --- tokens -----------------------------------------------------------------------------
 
     def create_token(
         self,
@@ -250,7 +427,7 @@ class Database:
             seconds).
 
         Raises:
-            UserError: no such user.
+            UserError: no such active user.
             ValueError: not exactly one positive duration, or an unknown kind.
         """
         if (days is None) == (hours is None):
@@ -263,8 +440,9 @@ class Database:
         raw = secrets.token_urlsafe(32)
         expires_at = (datetime.now(UTC) + lifetime).replace(microsecond=0)
         with self.transaction() as session:
-            if session.get(UserRow, name) is None:
-                raise UserError(f"no user {name}")
+            row = session.get(UserRow, name)
+            if row is None or row.status != "active":
+                raise NoSuchUser(f"no user {name}")
             session.add(
                 TokenRow(
                     user_name=name,
@@ -277,14 +455,19 @@ class Database:
         return raw, expires_at
 
     def resolve_token(self, raw: str) -> User | None:
-        """The user a bearer token belongs to; ``None`` when it is unknown or expired."""
+        """The user a bearer token belongs to; ``None`` when it is unknown or expired, or the
+        account is not active."""
         with self.session() as session:
             found = session.execute(
-                select(UserRow.name, UserRow.role, TokenRow.expires_at)
+                select(UserRow.name, UserRow.role, UserRow.status, TokenRow.expires_at)
                 .join(TokenRow, TokenRow.user_name == UserRow.name)
                 .where(TokenRow.token_sha256 == token_sha256(raw))
             ).first()
-        if found is None or datetime.fromisoformat(found.expires_at) <= datetime.now(UTC):
+        if (
+            found is None
+            or found.status != "active"
+            or datetime.fromisoformat(found.expires_at) <= datetime.now(UTC)
+        ):
             return None
         return User(name=found.name, role=found.role)
 
@@ -299,15 +482,34 @@ class Database:
             session.delete(row)
         return True
 
+    @staticmethod
+    def _revoke(session: Session, name: str, keep: str | None = None) -> int:
+        """Delete the tokens of ``name`` (but the raw token ``keep``); how many there were."""
+        statement = delete(TokenRow).where(TokenRow.user_name == name)
+        if keep is not None:
+            statement = statement.where(TokenRow.token_sha256 != token_sha256(keep))
+        return session.execute(statement).rowcount
+
+    def purge_expired_tokens(self) -> int:
+        """Delete every expired token; returns how many there were."""
+        with self.transaction() as session:
+            return session.execute(
+                delete(TokenRow).where(TokenRow.expires_at <= _now_utc())
+            ).rowcount
+
     # --- audit log --------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(session: Session, actor: str, action: str, case_id: str | None, detail: str) -> None:
+        session.add(
+            AuditRow(time=now(), actor=actor[:64], action=action, case_id=case_id, detail=detail)
+        )
 
     def audit(self, actor: str, action: str, case_id: str | None, detail: str = "") -> None:
         """Record that ``actor`` did ``action`` (create, view, update, message, export, delete,
-        document, ...) to a case (``None`` for actions on no case)."""
+        document, denied, login_failed, ...) to a case (``None`` for actions on no case)."""
         with self.transaction() as session:
-            session.add(
-                AuditRow(time=now(), actor=actor, action=action, case_id=case_id, detail=detail)
-            )
+            self._audit(session, actor, action, case_id, detail)
 
     def audit_entries(self, case_id: str | None = None) -> list[AuditEntry]:
         """The audit log, oldest first; only one case's entries when ``case_id`` is given."""
@@ -321,6 +523,13 @@ class Database:
                 )
                 for r in session.scalars(query)
             ]
+
+
+def _check_new_password(name: str, password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(
+            f"user {name}: the password needs at least {MIN_PASSWORD_LENGTH} characters"
+        )
 
 
 def _search_text(case: Case) -> str:
@@ -646,20 +855,25 @@ class SqlCaseStore:
 
 
 __all__ = [
+    "ARGON2_MEMORY_KIB",
+    "ARGON2_PARALLELISM",
+    "ARGON2_TIME_COST",
     "MIN_PASSWORD_LENGTH",
     "ROLES",
-    "SCRYPT_N",
-    "SCRYPT_P",
-    "SCRYPT_R",
+    "Account",
     "AuditEntry",
     "CaseSummary",
     "Database",
+    "NoSuchUser",
     "SqlCaseStore",
     "TokenKind",
     "Upload",
     "User",
     "UserError",
+    "UserStatus",
     "check_password",
     "hash_password",
+    "is_user_name",
+    "needs_rehash",
     "token_sha256",
 ]

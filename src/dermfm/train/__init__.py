@@ -3,8 +3,15 @@
 ``dermfm train RECIPE`` or ``torchrun --nproc-per-node N -m dermfm.train RECIPE``.
 """
 
-from dermfm.train.config import TrainConfig, load_config
-from dermfm.train.engine import EpochSampler, Trainer, TrainStep, sampling_weights, train
+from dermfm.train.config import TrainConfig, load_config, load_stages
+from dermfm.train.engine import (
+    EpochSampler,
+    Trainer,
+    TrainStep,
+    sampling_weights,
+    train,
+    train_recipe,
+)
 from dermfm.train.model import Trainable, build_trainable
 
 __all__ = [
@@ -15,6 +22,8 @@ __all__ = [
     "Trainer",
     "build_trainable",
     "load_config",
+    "load_stages",
     "sampling_weights",
     "train",
+    "train_recipe",
 ]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dermfm.train.config import load_config
-from dermfm.train.engine import train
+from dermfm.train.engine import train_recipe
 
 
 def main() -> None:
@@ -14,7 +13,7 @@ def main() -> None:
     parser.add_argument("recipe", help="packaged recipe name (bundled) or a YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    train(load_config(args.recipe, args.overrides))
+    train_recipe(args.recipe, args.overrides)
 
 
 if __name__ == "__main__":

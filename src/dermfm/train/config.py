@@ -34,7 +34,13 @@ class ModelSection:
     """
 
     init: str = "parts"
-    image_size: int = 160
+    #: Training resolution: fresh parts default to 160; a loaded dual encoder keeps its own
+    #: unless set (then it is re-sized, e.g. warm-starting the 160 px bundled model at 224).
+    image_size: int | None = None
+    #: Progressive resizing: ``{first epoch: training size}`` (0-based epochs; e.g.
+    #: ``{0: 160, 3: 192, 5: 224}``); epochs before the first entry, and runs without a schedule,
+    #: train at ``image_size``. Validation and the exported model use ``image_size``.
+    resize_schedule: dict[int, int] = field(default_factory=dict)
     embed_dim: int = 256
     freeze_image: bool = False
     freeze_text: bool = True
@@ -192,20 +198,65 @@ def recipe_path(name: str) -> Path:
     return Path(str(resources.files("dermfm.train") / "recipes" / f"{name}.yaml"))
 
 
-def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Load a recipe and apply ``section.key=value`` overrides (values parsed as YAML)."""
-    path = recipe_path(str(name_or_path))
+#: ``model.init`` of a stage that starts from the model the stage before it wrote.
+PREVIOUS_STAGE = "previous"
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: training config not found") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    data = copy.deepcopy(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of sections")
+    return copy.deepcopy(data)
+
+
+def _apply(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     for item in overrides:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot:
             raise ConfigError(f"override {item!r}: expected section.key=value")
         data.setdefault(section, {})[name] = yaml.safe_load(value)
-    return TrainConfig.from_dict(data, str(path))
+    return data
+
+
+def load_stages(
+    name_or_path: str | Path, overrides: Sequence[str] = ()
+) -> list[tuple[str, TrainConfig]]:
+    """The stages of a recipe, in order, each with its name; overrides apply to every stage.
+
+    A recipe is either one configuration (one stage, named ``main``) or ``stages:``, a list of
+    ``{name, <sections>}`` merged section by section over the recipe's other sections. A stage
+    whose ``model.init`` is ``previous`` starts from the model the stage before it wrote, and
+    each stage writes to ``<run.output>/<name>``.
+    """
+    path = recipe_path(str(name_or_path))
+    data = _read_recipe(path)
+    stages = data.pop("stages", None)
+    if stages is None:
+        return [("main", TrainConfig.from_dict(_apply(data, overrides), str(path)))]
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"{path}: 'stages' must be a non-empty list")
+    out: list[tuple[str, TrainConfig]] = []
+    for number, stage in enumerate(stages, 1):
+        stage = dict(stage or {})
+        name = str(stage.pop("name", f"stage{number}"))
+        merged = copy.deepcopy(data)
+        for section, values in stage.items():
+            merged.setdefault(section, {}).update(values or {})
+        config = TrainConfig.from_dict(_apply(merged, overrides), f"{path} (stage {name})")
+        if config.model.init == PREVIOUS_STAGE and not out:
+            raise ConfigError(f"{path}: stage {name} starts from 'previous' but is the first")
+        config.run.output = str(Path(config.run.output) / name)
+        out.append((name, config))
+    return out
+
+
+def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a one-stage recipe and apply ``section.key=value`` overrides (values parsed as
+    YAML); for a recipe with stages, the last stage (see :func:`load_stages`)."""
+    return load_stages(name_or_path, overrides)[-1][1]

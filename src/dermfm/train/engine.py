@@ -45,7 +45,7 @@ from dermfm.data.shards import ShardDataset
 from dermfm.evaluate.tasks import diagnosis_report, embed_records
 from dermfm.knowledge import load_ontology
 from dermfm.progress import progress
-from dermfm.train.config import ConfigError, TrainConfig
+from dermfm.train.config import PREVIOUS_STAGE, ConfigError, TrainConfig, load_stages
 from dermfm.train.losses import (
     clip_loss,
     local_alignment_loss,
@@ -340,11 +340,8 @@ class Trainer:
             self.labels = [node.id for node in load_ontology()]
         label_index = {label: i for i, label in enumerate(self.labels)}
         captions = CaptionSynthesizer(tuple(config.data.views))
-        transform = train_transform(
-            self.model.image_size, self.model.mean, self.model.std, config.augment
-        )
         show = run.progress and self.is_main
-        builder = SampleBuilder(transform, captions, label_index, run.seed)
+        builder = SampleBuilder(self._transform(0), captions, label_index, run.seed)
         d = config.data
         self.train_set: ManifestDataset | ShardDataset
         if d.shards:
@@ -398,6 +395,14 @@ class Trainer:
         self.log = MetricsLog(self.output, self.is_main)
 
     # ----------------------------------------------------------------- setup
+    def _transform(self, epoch: int) -> Any:
+        """The training transform of ``epoch`` (its size from ``model.resize_schedule``)."""
+        size = self.model.image_size
+        for start, scheduled in sorted(self.config.model.resize_schedule.items()):
+            if epoch >= int(start):
+                size = int(scheduled)
+        return train_transform(size, self.model.mean, self.model.std, self.config.augment)
+
     def _records(self) -> tuple[list[Record], list[Record]]:
         d = self.config.data
         if d.sources:
@@ -469,6 +474,7 @@ class Trainer:
     # ---------------------------------------------------------------- running
     def _micro_batches(self, epoch: int, start: int) -> Iterator[Batch]:
         self.train_set.set_epoch(epoch)
+        self.train_set.builder.transform = self._transform(epoch)
         if isinstance(self.train_set, ShardDataset):
             yield from self._shard_batches(start)
             return
@@ -636,3 +642,19 @@ class Trainer:
 def train(config: TrainConfig) -> Path | None:
     """Run one training to the end; the exported model folder (``None`` on non-main ranks)."""
     return Trainer(config).fit()
+
+
+def train_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> Path | None:
+    """Run every stage of a recipe in order (see :func:`load_stages`); the last model folder.
+
+    A finished stage (its ``summary.json`` exists) is not run again, so a stopped run continues
+    where it was, each unfinished stage resuming from its own checkpoint.
+    """
+    stages = load_stages(recipe, overrides)
+    folder: Path | None = None
+    for number, (_name, config) in enumerate(stages):
+        if config.model.init == PREVIOUS_STAGE:
+            config.model.init = str(Path(stages[number - 1][1].run.output) / "model")
+        output = Path(config.run.output)
+        folder = output / "model" if (output / "summary.json").exists() else train(config)
+    return folder

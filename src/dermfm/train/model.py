@@ -42,7 +42,8 @@ TEXT_PARTS = (
 
 
 def _normalisation(preprocess: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    for step in getattr(preprocess, "transforms", []):
+    # the dual encoder's EvalTransform, or a step of a torchvision Compose (open_clip)
+    for step in (preprocess, *getattr(preprocess, "transforms", [])):
         if hasattr(step, "mean") and hasattr(step, "std"):
             return tuple(step.mean), tuple(step.std)
     processor = getattr(getattr(preprocess, "__self__", None), "processor", None)
@@ -206,10 +207,14 @@ class Trainable(nn.Module):
 def build_trainable(section: ModelSection, device: str) -> Trainable:
     """The model a run starts from: fresh pretrained parts or any loadable model."""
     if section.init == "parts":
-        config = DualEncoderConfig(image_size=section.image_size, embed_dim=section.embed_dim)
+        config = DualEncoderConfig(
+            image_size=section.image_size or 160, embed_dim=section.embed_dim
+        )
         module = DualEncoder(config, pretrained=True).to(memory_format=torch.channels_last)
         card = ModelCard("parts", "dual-encoder", "pretrained towers", "Apache-2.0")
         wrapped: DermModel = DualEncoderModel(module, card, "parts", device)
     else:
         wrapped = load_model(section.init, device=device)
+        if section.image_size and isinstance(wrapped, DualEncoderModel):
+            wrapped.resize(section.image_size)
     return Trainable(wrapped, section).to(device)
