@@ -271,7 +271,7 @@ def test_consult_uses_the_adapter_and_its_calibration(model, folder: Path, tmp_p
     doc = json.loads(shipped.read_text())
     (tmp_path / "cal").mkdir()
     (tmp_path / "cal" / CALIBRATION_FILE).write_text(
-        json.dumps({**doc, "adapter": adapter.data_hash})
+        json.dumps({**doc, "adapter": adapter.identity})
     )
     calibrated = Assistant(
         model, adapter=adapter, skin_reference=False, calibration=tmp_path / "cal"

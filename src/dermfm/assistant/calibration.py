@@ -68,7 +68,7 @@ class AssistantCalibration:
     limits: dict[str, float]  # calibrated pixel limits (sharpness_min)
     modality_accuracy: dict[str, float]
     method: str = "split conformal, LAC (least ambiguous set-valued classifier)"
-    #: data hash of the adapter whose scores were calibrated (``None``: zero-shot scores)
+    #: identity of the adapter whose scores were calibrated (``None``: zero-shot scores)
     adapter: str | None = None
 
     def group(self, modality: str) -> GroupCalibration:
@@ -275,7 +275,7 @@ def calibrate(
         groups={},
         limits={},
         modality_accuracy={},
-        adapter=clf.adapter.data_hash if clf.adapter else None,
+        adapter=clf.adapter.identity if clf.adapter else None,
     )
     for modality, group in per_group.items():
         if not group["val"]:

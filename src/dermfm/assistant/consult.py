@@ -186,7 +186,7 @@ class Assistant:
         if adapter is True and self.calibration and self.calibration.adapter is None:
             adapter = False  # a calibration of zero-shot scores: the shipped adapter defers
         self.classifier = ZeroShotClassifier(self.model, label_set, self.templates, adapter=adapter)
-        fitted_with = self.classifier.adapter.data_hash if self.classifier.adapter else None
+        fitted_with = self.classifier.adapter.identity if self.classifier.adapter else None
         #: the calibration of the differential's scores (``None`` when it was fitted on others)
         self.differential_calibration = (
             self.calibration
