@@ -251,7 +251,8 @@ def test_memory_returns_to_baseline_after_a_burst_of_large_uploads(live: Server)
     peak = live.status("VmHWM") - baseline
     time.sleep(1)
     after = live.status("VmRSS") - baseline
-    assert after < 64, (peak, after)
+    # the criterion: back within 20 % of the resident memory before the burst
+    assert after < 0.2 * baseline, (peak, after, baseline)
     # eight decodes at once would hold 8 x 24 MP x 8 B = 1465 MiB, plus the model's batch
     assert peak < 1000, peak
 
