@@ -72,7 +72,6 @@ import math
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -90,6 +89,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from rich.console import Console
 from rich.table import Table
+from serve_load import dermfm_command, free_port  # the sibling benchmark's server start-up
 
 OPS = ("consult", "chat", "report.pdf", "soap.md", "list")
 DEFAULT_MIX = "consult=2,chat=3,report.pdf=1,soap.md=1,list=1"
@@ -153,22 +153,6 @@ def lesion_jpeg(rng: random.Random) -> bytes:
 
 
 # --------------------------------------------------------------------------- server and users
-
-
-def dermfm_command() -> str:
-    """The ``dermfm`` executable of this interpreter's environment."""
-    beside = Path(sys.executable).with_name("dermfm")
-    found = str(beside) if beside.is_file() else shutil.which("dermfm")
-    if not found:
-        raise SystemExit("the dermfm command is not installed in this environment")
-    return found
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on at the moment, on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 USERS_SCRIPT = r"""

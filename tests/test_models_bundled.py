@@ -186,7 +186,7 @@ def test_shipped_concept_modality_and_fingerprint_embeddings_equal_a_fresh_compu
     )
 
 
-def test_first_diagnose_after_install_reads_the_shipped_file_and_builds_no_text_tower(
+def test_first_diagnose_after_install_reads_the_shipped_file_and_imports_only_what_it_needs(
     tmp_path: Path,
 ) -> None:
     code = (
@@ -198,12 +198,17 @@ def test_first_diagnose_after_install_reads_the_shipped_file_and_builds_no_text_
         "except SystemExit as exc:\n"
         "    print('exit', exc.code)\n"
         "print('transformers imported:', 'transformers' in sys.modules)\n"
+        "print('torchvision imported:', 'torchvision' in sys.modules)\n"
+        "print('data pipeline imported:', 'dermfm.data' in sys.modules)\n"
     )
     env = {**os.environ, "DERMFM_CACHE": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "exit 0" in result.stdout and "compound" in result.stdout, result.stdout
     assert "transformers imported: False" in result.stdout  # MiniLM never built
+    # the start-up costs beyond `import torch`: the data pipeline pulls in torchvision (~2 s)
+    assert "torchvision imported: False" in result.stdout
+    assert "data pipeline imported: False" in result.stdout
     assert not list((tmp_path / "cache").rglob("*.safetensors"))  # nothing computed
 
 

@@ -18,6 +18,8 @@ apart, as in CLIP_benchmark).
 
 from __future__ import annotations
 
+from typing import Any
+
 from dermfm.evaluate.calibration import (
     ReliabilityCurve,
     TemperatureScaler,
@@ -69,7 +71,6 @@ from dermfm.evaluate.probe import (
     summarize_few_shot,
 )
 from dermfm.evaluate.retrieval import pairs_from_texts, retrieval_metrics
-from dermfm.evaluate.runner import run_benchmark
 
 __all__ = [
     "DatasetRef",
@@ -119,3 +120,13 @@ __all__ = [
     "top_k_accuracy",
     "weighted_f1",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``run_benchmark`` on first use: the runner pulls in the data pipeline (torchvision),
+    which scoring code such as adapters and probes must not pay for at import."""
+    if name == "run_benchmark":
+        from dermfm.evaluate.runner import run_benchmark
+
+        return run_benchmark
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

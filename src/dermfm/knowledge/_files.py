@@ -11,6 +11,10 @@ import yaml
 
 from dermfm.errors import KnowledgeError
 
+#: libyaml's safe loader where PyYAML was built with it (same documents, ~10x faster to read the
+#: ontology and label sets on every start-up), else the pure-Python one
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 SUPPORTED_SCHEMA = 1
 
 
@@ -29,7 +33,11 @@ def read_document(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise KnowledgeError(path, f"cannot read file ({exc})") from exc
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = (
+            json.loads(text)
+            if path.suffix.lower() == ".json"
+            else yaml.load(text, Loader=SAFE_LOADER)
+        )
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise KnowledgeError(path, f"not valid YAML/JSON ({exc})") from exc
     if not isinstance(data, dict):

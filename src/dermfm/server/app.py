@@ -727,27 +727,24 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
             raise ApiError(409, "conflict", "you cannot disable or delete your own account")
         return name
 
-    @app.post("/api/users/{name}/disable", status_code=204)
-    def disable_user(name: str, user: Admin, service: Svc) -> Response:
-        """Disable an account: it cannot sign in and its tokens are revoked (admin)."""
+    def set_status(user: Principal, name: str, status: str, service: Service) -> Response:
         from dermfm.server.store import UserError
 
         try:
-            service.database.set_status(other_user(user, name), "disabled", actor=user.name)
+            service.database.set_status(other_user(user, name), status, actor=user.name)
         except UserError as exc:
             raise user_error(exc) from None
         return Response(status_code=204)
+
+    @app.post("/api/users/{name}/disable", status_code=204)
+    def disable_user(name: str, user: Admin, service: Svc) -> Response:
+        """Disable an account: it cannot sign in and its tokens are revoked (admin)."""
+        return set_status(user, name, "disabled", service)
 
     @app.post("/api/users/{name}/enable", status_code=204)
     def enable_user(name: str, user: Admin, service: Svc) -> Response:
         """Enable a disabled account again (admin)."""
-        from dermfm.server.store import UserError
-
-        try:
-            service.database.set_status(other_user(user, name), "active", actor=user.name)
-        except UserError as exc:
-            raise user_error(exc) from None
-        return Response(status_code=204)
+        return set_status(user, name, "active", service)
 
     @app.delete("/api/users/{name}")
     def delete_user(

@@ -185,28 +185,26 @@ def user_passwd(
     out.print(f"password of {name} changed; {revoked} token(s) revoked", highlight=False)
 
 
-@user_app.command("disable")
-def user_disable(name: UserArg, data: DataOpt = None, db: DbOpt = None) -> None:
-    """Disable a user: no sign-in, every token revoked; their cases stay."""
+def _set_status(name: str, status: str, data: Path | None, db: str | None) -> None:
     from dermfm.server.store import UserError
 
     try:
-        _database(data, db).set_status(name, "disabled", actor=CLI_ACTOR)
+        _database(data, db).set_status(name, status, actor=CLI_ACTOR)
     except UserError as exc:
         raise _fail(str(exc)) from None
-    out.print(f"user {name} disabled", highlight=False)
+    out.print(f"user {name} {'enabled' if status == 'active' else status}", highlight=False)
+
+
+@user_app.command("disable")
+def user_disable(name: UserArg, data: DataOpt = None, db: DbOpt = None) -> None:
+    """Disable a user: no sign-in, every token revoked; their cases stay."""
+    _set_status(name, "disabled", data, db)
 
 
 @user_app.command("enable")
 def user_enable(name: UserArg, data: DataOpt = None, db: DbOpt = None) -> None:
     """Enable a disabled user again."""
-    from dermfm.server.store import UserError
-
-    try:
-        _database(data, db).set_status(name, "active", actor=CLI_ACTOR)
-    except UserError as exc:
-        raise _fail(str(exc)) from None
-    out.print(f"user {name} enabled", highlight=False)
+    _set_status(name, "active", data, db)
 
 
 @user_app.command("delete")
