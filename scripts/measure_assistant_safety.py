@@ -1,100 +1,290 @@
-"""Measure the assistant's safety behaviour on the test splits of ../shared/data.
+"""Measure, and tune on validation splits, the assistant's urgent flag on ../shared/data.
 
-For every test image of HAM10000, Derm7pt and DermNet NZ (or ``--per-dataset`` of each), one
-consultation with the bundled model and the packaged calibration, rules and skin reference:
+Every image of the chosen split of the six sources (HAM10000, Derm7pt, DermNet NZ,
+Fitzpatrick17k, PAD-UFES-20, SD-198) gets one image-only consultation with the bundled model and
+the packaged calibration, rules and skin reference (``Assistant().consult``, the path users run).
+A case is **malignant** when its source says so (Fitzpatrick17k's ``three_partition_label``,
+PAD-UFES-20's biopsy-proven BCC/MEL/SCC; ``malignant`` in ``sources.yaml``), else when its
+ontology condition's ``malignancy`` is ``malignant``; it is **benign** when the source says it is
+not malignant or its condition is ``benign`` or ``not_neoplastic`` (premalignant conditions are
+neither). Reported per source and per skin-type group (I-II, III-IV, V-VI) where the source has
+skin types:
 
-* malignant cases (melanoma, basal cell and squamous cell carcinoma and their subtypes): share
-  flagged urgent (or emergency), and share flagged among those the model ranks high (true
-  condition in the top 3: must be 100%);
-* benign and non-neoplastic cases: share flagged urgent (the cost of the rules: over-triage);
-* every skin photo: share refused as unusable (quality or not-skin);
-* scikit-image's sample photos (not skin): share refused.
+* urgent-flag recall: malignant cases whose triage is ``urgent`` or ``emergency``, over **all**
+  malignant cases (a photo the quality check refused counts as not flagged, and the refusals are
+  counted apart);
+* over-triage: benign cases flagged urgent or emergency, over all benign cases assessed;
+* the share of skin photos refused, and scikit-image's sample photos (not skin) refused.
 
-Writes ``docs/assistant_safety.json`` and prints a table.
+``--tune`` re-applies the rules (:func:`dermfm.assistant.rules.triage`, the same function) to
+the validation split's differentials with other thresholds for the two image rules of the
+urgent level (``malignant-candidate``: ``top_k`` and ``min_probability``; ``malignant-mass``:
+``min_probability``) and picks, **on validation images only**: among the settings whose
+over-triage is at most ``--budget`` (0.25) in every source and group, the one with the highest
+lowest recall (ties: the lower highest over-triage). It prints every setting on the Pareto front
+and writes the choice to ``docs/assistant_rule_tuning.json``; the thresholds in
+``src/dermfm/assistant/rules.yaml`` are then set from it by hand (they are data, reviewed).
 
-    python scripts/measure_assistant_safety.py [--root ../shared/data] [--per-dataset N]
+Without ``--tune`` the script writes ``docs/assistant_safety.json`` and regenerates the table
+between the ``safety-table`` markers of ``docs/assistant.md``.
+
+    python scripts/measure_assistant_safety.py [--split test] [--per-dataset N] [--tune]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
-from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from dermfm.assistant.consult import Assistant
+from dermfm.assistant.report import Differential, PatientDetails
+from dermfm.assistant.rules import Rule, triage
 from dermfm.data import read_dataset
-from dermfm.knowledge import load_ontology
+from dermfm.knowledge import Ontology, load_ontology
 from dermfm.progress import progress
 
-MALIGNANT_ROOTS = ("melanoma", "basal_cell_carcinoma", "squamous_cell_carcinoma")
+SOURCES = ("ham10000", "derm7pt", "dermnet_nz", "fitzpatrick17k", "pad_ufes20", "sd198")
+NAMES = {
+    "ham10000": "HAM10000",
+    "derm7pt": "Derm7pt",
+    "dermnet_nz": "DermNet NZ",
+    "fitzpatrick17k": "Fitzpatrick17k",
+    "pad_ufes20": "PAD-UFES-20",
+    "sd198": "SD-198",
+}
+SKIN_GROUPS = {
+    "I": "I-II",
+    "II": "I-II",
+    "III": "III-IV",
+    "IV": "III-IV",
+    "V": "V-VI",
+    "VI": "V-VI",
+}
+URGENT = ("urgent", "emergency")
+DOC = Path("docs/assistant.md")
+MARKERS = ("<!-- safety-table:start -->", "<!-- safety-table:end -->")
+# the tuning grid of the two image rules of the urgent level
+CANDIDATE_TOP_K = (1, 2, 3, 5)
+CANDIDATE_MIN_P = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+MASS_MIN_P = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.01)
+
+
+@dataclass
+class Case:
+    """One consulted image: where it belongs and what the assistant found."""
+
+    groups: tuple[str, ...]  # the source, and "source skin-type group" where known
+    malignant: bool | None  # None: neither malignant nor benign (premalignant, unknown)
+    differential: Differential | None  # None: the photo was refused
+    urgent: bool
+
+
+def skin_group(value: str | None) -> str | None:
+    """``I-II``, ``III-IV`` or ``V-VI`` from a record's Fitzpatrick type (``I``...``VI``)."""
+    return SKIN_GROUPS.get(value or "")
+
+
+def is_malignant(metadata: dict[str, str], label: str | None, ontology: Ontology) -> bool | None:
+    """The source's own flag when it has one, else the condition's ontology malignancy
+    (``None``: premalignant or unknown, counted neither way)."""
+    if metadata.get("malignant") is not None:
+        return metadata["malignant"] == "1"
+    kind = ontology.attribute(label, "malignancy") if label and label in ontology else None
+    return {"malignant": True, "benign": False, "not_neoplastic": False}.get(str(kind))
+
+
+def consult_split(
+    assistant: Assistant, root: str, split: str, per_dataset: int | None
+) -> list[Case]:
+    """One consultation per image of ``split`` in every source."""
+    ontology = load_ontology()
+    cases: list[Case] = []
+    for source in SOURCES:
+        records = read_dataset(source, root).splits.get(split, [])
+        if per_dataset:
+            records = records[:: max(1, len(records) // per_dataset)][:per_dataset]
+        with progress(f"{source} {split}", len(records), True) as advance:
+            for record in records:
+                report = assistant.consult(record.image)
+                advance(1)
+                group = skin_group(record.metadata.get("skin_type"))
+                cases.append(
+                    Case(
+                        groups=(source, *([f"{source} {group}"] if group else [])),
+                        malignant=is_malignant(record.metadata, record.label, ontology),
+                        differential=report.differential,
+                        urgent=report.triage.level in URGENT,
+                    )
+                )
+    return cases
+
+
+def table(cases: Sequence[Case], flagged: Sequence[bool] | None = None) -> dict[str, dict]:
+    """Counts and rates per source and skin-type group; ``flagged`` overrides each case's flag."""
+    flags = [c.urgent for c in cases] if flagged is None else flagged
+    out: dict[str, dict] = {}
+    for case, urgent in zip(cases, flags, strict=True):
+        for name in case.groups:
+            row = out.setdefault(
+                name,
+                dict.fromkeys(
+                    ("images", "refused", "malignant", "malignant_urgent", "malignant_refused",
+                     "benign", "benign_urgent"),
+                    0,
+                ),
+            )  # fmt: skip
+            row["images"] += 1
+            row["refused"] += case.differential is None
+            if case.malignant:
+                row["malignant"] += 1
+                row["malignant_urgent"] += urgent
+                row["malignant_refused"] += case.differential is None
+            elif case.malignant is False and case.differential is not None:
+                row["benign"] += 1
+                row["benign_urgent"] += urgent
+    for row in out.values():
+        row["recall"] = (
+            round(row["malignant_urgent"] / row["malignant"], 4) if row["malignant"] else None
+        )
+        row["over_triage"] = (
+            round(row["benign_urgent"] / row["benign"], 4) if row["benign"] else None
+        )
+        row["refused_rate"] = round(row["refused"] / row["images"], 4)
+    return out
+
+
+def variant(rules: Sequence[Rule], top_k: int, min_p: float, mass: float) -> list[Rule]:
+    """The rules with other thresholds for ``malignant-candidate`` and ``malignant-mass``."""
+    changed = {
+        "malignant-candidate": {"top_k": top_k, "min_probability": min_p},
+        "malignant-mass": {"min_probability": mass},
+    }
+    out = []
+    for rule in rules:
+        if rule.id in changed:
+            when = tuple({**c, **changed[rule.id]} for c in rule.when)
+            rule = dataclasses.replace(rule, when=when)
+        out.append(rule)
+    return out
+
+
+def tune(assistant: Assistant, cases: Sequence[Case], budget: float) -> dict:
+    """Every threshold setting scored on ``cases`` (validation), the Pareto front and the pick."""
+    patient = PatientDetails()
+    scored = []
+    for top_k, min_p, mass in itertools.product(CANDIDATE_TOP_K, CANDIDATE_MIN_P, MASS_MIN_P):
+        rules = variant(assistant.rules, top_k, min_p, mass)
+        flags = [
+            c.differential is not None and triage(rules, c.differential, patient).level in URGENT
+            for c in cases
+        ]
+        rows = table(cases, flags)
+        recalls = [
+            r["recall"] for r in rows.values() if r["recall"] is not None and r["malignant"] >= 5
+        ]
+        overs = [
+            r["over_triage"]
+            for r in rows.values()
+            if r["over_triage"] is not None and r["benign"] >= 5
+        ]
+        scored.append(
+            {
+                "malignant-candidate": {"top_k": top_k, "min_probability": min_p},
+                "malignant-mass": {"min_probability": mass},
+                "lowest_recall": min(recalls),
+                "highest_over_triage": max(overs),
+                "groups": rows,
+            }
+        )
+    front = [
+        s
+        for s in scored
+        if not any(
+            o["lowest_recall"] >= s["lowest_recall"]
+            and o["highest_over_triage"] <= s["highest_over_triage"]
+            and (o["lowest_recall"], -o["highest_over_triage"])
+            != (s["lowest_recall"], -s["highest_over_triage"])
+            for o in scored
+        )
+    ]
+    within = [s for s in scored if s["highest_over_triage"] <= budget]
+    pick = max(within or scored, key=lambda s: (s["lowest_recall"], -s["highest_over_triage"]))
+    return {"budget": budget, "pareto_front": front, "chosen": pick, "settings": len(scored)}
+
+
+def markdown(rows: dict[str, dict], split: str, cases: int) -> str:
+    """The Markdown table of ``rows`` for docs/assistant.md."""
+
+    def rate(value: float | None, count: int) -> str:
+        return "-" if value is None else f"{100 * value:.1f}% of {count}"
+
+    lines = [
+        f"{cases} {split} images, every image of every source's {split} split, image only (no "
+        "patient details); `docs/assistant_safety.json`:",
+        "",
+        "| source / skin type | malignant | urgent-flag recall | refused among malignant "
+        "| benign | over-triage (benign flagged) | photos refused |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        source, _, group = name.partition(" ")
+        label = f"{NAMES.get(source, source)} {group}".strip()
+        lines.append(
+            f"| {label} | {row['malignant']} | {rate(row['recall'], row['malignant'])} | "
+            f"{row['malignant_refused']} | {row['benign']} | "
+            f"{rate(row['over_triage'], row['benign'])} | {100 * row['refused_rate']:.1f}% |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="../shared/data")
+    parser.add_argument("--split", default=None, help="default: test (val with --tune)")
     parser.add_argument("--per-dataset", type=int, default=None)
-    parser.add_argument("--out", default="docs/assistant_safety.json")
+    parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--budget", type=float, default=0.25, help="over-triage bound (--tune)")
     args = parser.parse_args()
-    ontology = load_ontology()
-    family = {n.id for r in MALIGNANT_ROOTS for n in [ontology[r], *ontology.descendants(r)]}
+    split = args.split or ("val" if args.tune else "test")
     assistant = Assistant()
-    results: dict[str, Counter] = {}
-    for name in ("ham10000", "derm7pt", "dermnet_nz"):
-        records = read_dataset(name, args.root).splits["test"]
-        if args.per_dataset:
-            records = records[:: max(1, len(records) // args.per_dataset)][: args.per_dataset]
-        counts: Counter = Counter()
-        with progress(f"{name}", len(records), True) as advance:
-            for record in records:
-                report = assistant.consult(record.image)
-                advance(1)
-                counts["images"] += 1
-                if report.differential is None:
-                    counts["refused"] += 1
-                    continue
-                urgent = report.triage.level in ("urgent", "emergency")
-                if record.label in family:
-                    accepted = {record.label, *(n.id for n in ontology.descendants(record.label))}
-                    high = any(c.node in accepted for c in report.differential.candidates[:3])
-                    counts["malignant"] += 1
-                    counts["malignant_urgent"] += urgent
-                    counts["malignant_ranked_high"] += high
-                    counts["ranked_high_urgent"] += high and urgent
-                else:
-                    kind = (
-                        ontology.attribute(record.label, "malignancy")
-                        if (record.label in ontology)
-                        else "unknown"
-                    )
-                    if kind in ("benign", "not_neoplastic"):
-                        counts["benign"] += 1
-                        counts["benign_urgent"] += urgent
-        results[name] = counts
+    cases = consult_split(assistant, args.root, split, args.per_dataset)
+    if args.tune:
+        result = tune(assistant, cases, args.budget)
+        out = Path("docs/assistant_rule_tuning.json")
+        out.write_text(json.dumps({"split": split, **result}, indent=2) + "\n", encoding="utf-8")
+        seen = set()
+        for s in sorted(result["pareto_front"], key=lambda s: s["lowest_recall"]):
+            if (s["lowest_recall"], s["highest_over_triage"]) in seen:
+                continue  # the same figures with other thresholds: the first stands for them
+            seen.add((s["lowest_recall"], s["highest_over_triage"]))
+            print(
+                f"candidate {s['malignant-candidate']} mass {s['malignant-mass']}: lowest recall "
+                f"{s['lowest_recall']:.3f}, highest over-triage {s['highest_over_triage']:.3f}"
+            )
+        print("chosen:", json.dumps({k: result["chosen"][k] for k in list(result["chosen"])[:4]}))
+        return
+    rows = table(cases)
     try:
         import skimage
 
         photos = sorted((Path(skimage.__file__).parent / "data").glob("*.[pj][np]g"))
-        refused = [assistant.consult(p).differential is None for p in photos]
-        results["non_skin_photos"] = Counter(images=len(photos), refused=sum(refused))
+        refused = sum(assistant.consult(p).differential is None for p in photos)
+        rows["non_skin_photos"] = {"images": len(photos), "refused": refused}
     except ImportError:
         pass
-
-    def share(a: int, b: int) -> float | None:
-        return round(a / b, 4) if b else None
-
-    table = {}
-    for name, c in results.items():
-        table[name] = {
-            **dict(c),
-            "refused_rate": share(c["refused"], c["images"]),
-            "malignant_urgent_rate": share(c["malignant_urgent"], c["malignant"]),
-            "ranked_high_urgent_rate": share(c["ranked_high_urgent"], c["malignant_ranked_high"]),
-            "benign_urgent_rate": share(c["benign_urgent"], c["benign"]),
-        }
-    Path(args.out).write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-    for name, row in table.items():
-        print(name, json.dumps(row))
+    Path("docs/assistant_safety.json").write_text(
+        json.dumps({"split": split, "groups": rows}, indent=2) + "\n", encoding="utf-8"
+    )
+    text = markdown({k: v for k, v in rows.items() if "recall" in v}, split, len(cases))
+    doc = DOC.read_text(encoding="utf-8")
+    start, end = doc.index(MARKERS[0]) + len(MARKERS[0]), doc.index(MARKERS[1])
+    DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:], encoding="utf-8")
+    print(text)
 
 
 if __name__ == "__main__":

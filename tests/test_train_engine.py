@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -152,6 +153,13 @@ def test_resume_after_a_kill_continues_identically(
         assert torch.equal(b[key], a[key]), key
     summary = json.loads((tmp_path / "b" / "run" / "summary.json").read_text())
     assert summary["steps"] == 75  # 3 epochs x 100 samples / batch 4
+    # training is deterministic, so equal weights alone would also follow from a restart at
+    # step 0: the log (appended to by both processes) shows the second one ran only the rest
+    done = state["position"]["step"]
+    with (tmp_path / "b" / "run" / "metrics.csv").open(newline="") as fh:
+        logged = [int(r["step"]) for r in csv.DictReader(fh) if r["name"] == "train/total"]
+    assert logged.count(1) == 1, "the resumed process started again from step 1"
+    assert logged[-(75 - done) :] == list(range(done + 1, 76))
 
 
 def test_sampler_splits_each_global_batch_across_ranks() -> None:
