@@ -83,3 +83,58 @@ def test_bundled_model_ships_a_calibration_with_measured_coverage() -> None:
 
 def test_a_model_without_calibration_has_none(oc_model) -> None:
     assert load_calibration(oc_model) is None
+
+
+# the test splits each modality's figures in docs/assistant.md are measured on (the calibrate
+# command of scripts/rebuild_bundled.sh)
+DOC_TEST_SPLITS = {
+    "dermoscopy": ("ham10000", "derm7pt"),
+    "clinical": ("dermnet_nz", "fitzpatrick17k", "pad_ufes20", "sd198"),
+}
+
+
+def _documented_figures() -> dict[str, tuple[int, float, float]]:
+    """(test images, coverage, mean set size) per modality from docs/assistant.md's table."""
+    doc = (Path(__file__).parents[1] / "docs" / "assistant.md").read_text(encoding="utf-8")
+    found = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 9 and cells[0] in DOC_TEST_SPLITS:
+            n_test = int(cells[3].split()[0].replace(",", ""))
+            found[cells[0]] = (n_test, float(cells[4]), float(cells[5]))
+    assert found.keys() == DOC_TEST_SPLITS.keys(), "docs/assistant.md: calibration table"
+    return found
+
+
+@pytest.mark.slow
+def test_shipped_calibration_gives_on_real_test_images_what_the_docs_state(
+    shared_data: Path,
+) -> None:
+    """Recompute coverage and mean set size of the shipped calibration's 90% prediction sets
+    on the real test images, independently of the calibration module (temperature-scaled
+    softmax, classes at or above the stored threshold), and compare with the documentation."""
+    from dermfm.data import read_dataset
+    from dermfm.evaluate.tasks import embed_records, targets
+    from dermfm.models import load_model
+    from dermfm.zeroshot import ZeroShotClassifier
+
+    model = load_model()
+    calibration = load_calibration(model)
+    assert calibration is not None and calibration.adapter is None  # zero-shot scores
+    clf = ZeroShotClassifier(model, calibration.label_set, calibration.templates, adapter=False)
+    for modality, (n_doc, coverage_doc, size_doc) in _documented_figures().items():
+        group = calibration.groups[modality]
+        hits, sizes = [], []
+        for source in DOC_TEST_SPLITS[modality]:
+            split = embed_records(model, read_dataset(source, shared_data).splits["test"])
+            y = targets(split.records, clf.label_set)
+            probs = (clf.logits(split.vectors).double() / group.temperature).softmax(-1)
+            members = probs >= group.threshold
+            for row, label in zip(members, y, strict=True):
+                if label >= 0:
+                    hits.append(bool(row[label]))
+                    sizes.append(int(row.sum()))
+        assert len(hits) == n_doc, modality
+        assert np.mean(hits) == pytest.approx(coverage_doc, abs=5e-4), modality
+        assert np.mean(sizes) == pytest.approx(size_doc, abs=0.05), modality
+        assert 0.88 <= np.mean(hits) <= 0.92, f"{modality}: the 90% sets miss their target"
