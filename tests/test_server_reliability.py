@@ -4,6 +4,8 @@ server killed with SIGKILL in the middle of writes loses no acknowledged case.""
 from __future__ import annotations
 
 import csv
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+import dermfm
 
 pytest.importorskip("fastapi")
 schemathesis = pytest.importorskip("schemathesis")
@@ -154,3 +158,131 @@ def test_sigkill_during_writes_loses_no_acknowledged_case(
                 assert client.get(f"/api/cases/{case_id}/image").status_code == 200
     finally:
         stop_process(restarted)
+
+
+STRACE = shutil.which("strace")
+# one traced system call: "[pid N] name(args) = result", possibly split into "<unfinished ...>"
+# and "<... name resumed>" lines when threads interleave
+_CALL = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(?:(\w+)\((.*)|<\.\.\. (\w+) resumed>(.*))$")
+_FD_PATH = re.compile(r"^\d+<([^>]*)>")
+
+
+def _trace_events(trace: Path) -> list[tuple[str, str, str]]:
+    """``(call, path of its first argument, its text)`` per completed call, in completion order
+    (a call split by other threads' calls counts where it resumed, with its whole text)."""
+    events, pending = [], {}
+    for line in trace.read_text(errors="replace").splitlines():
+        found = _CALL.match(line.strip())
+        if not found:
+            continue
+        pid, name, args, resumed, rest = found.groups()
+        if name and line.rstrip().endswith("<unfinished ...>"):
+            pending[pid] = (name, args)
+            continue
+        if resumed:
+            name, args = pending.pop(pid, (resumed, ""))
+            args += rest
+        path = _FD_PATH.match(args)
+        events.append((name, path.group(1) if path else "", f"{name}({args}"))
+    return events
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace)")
+def test_every_acknowledged_upload_is_on_disk_before_the_answer(
+    tmp_path: Path,
+) -> None:
+    """A SIGKILL leaves the page cache intact, so only the system calls show durability: for
+    each acknowledged case, the stored image was fsynced before it was renamed into place, its
+    folder (and a folder created for it, in its parent) was fsynced after, and the database's
+    write-ahead log was fsynced after that, all before the 201 answer was written."""
+    from PIL import Image
+
+    if not DERMFM.exists():
+        pytest.skip("the dermfm console script is not installed")
+    data = tmp_path / "data"
+    user = _dermfm("server", "user", "add", "w", "--password-stdin", data=data, input="pw-w-123\n")
+    assert user.returncode == 0, user.stderr
+    token = _dermfm("server", "token", "create", "w", data=data).stdout.strip()
+    example = Image.open(Path(dermfm.__file__).parent / "examples" / "synthetic_lesion.jpg")
+    uploads = []
+    for turn in (0, 90, 180, 270):  # distinct photos: each one stored anew
+        path = tmp_path / f"lesion-{turn}.jpg"
+        example.rotate(turn, expand=True).save(path, quality=92)
+        uploads.append(path)
+    port, trace, log = free_port(), tmp_path / "trace.txt", tmp_path / "serve.log"
+    calls = (
+        "trace=openat,fsync,fdatasync,rename,renameat,renameat2,mkdir,mkdirat,"
+        "write,writev,sendto,sendmsg"
+    )
+    command = [
+        STRACE,
+        "-f",
+        "-qq",
+        "--seccomp-bpf",
+        "-yy",
+        "-s",
+        "48",
+        "-e",
+        calls,
+        "-o",
+        str(trace),
+    ]
+    with log.open("ab") as out:
+        server = subprocess.Popen(
+            [*command, str(DERMFM), "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--data", str(data)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, server, log, timeout=300)
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+            for photo in uploads:  # one at a time: the n-th 201 answers the n-th upload
+                answer = client.post(
+                    "/api/cases", files={"image": (photo.name, photo.read_bytes())}, timeout=600
+                )
+                assert answer.status_code == 201, answer.text
+    finally:
+        stop_process(server)
+
+    events = _trace_events(trace)
+    answers = [
+        i
+        for i, (name, path, line) in enumerate(events)
+        if name in ("write", "writev", "sendto", "sendmsg")
+        and "TCP" in path
+        and "HTTP/1.1 201" in line
+    ]
+    assert len(answers) == len(uploads), "one 201 answer per upload"
+    images_root = str(data.resolve() / "images")
+    start = 0
+    for number, answer in enumerate(answers, 1):
+        window = events[start:answer]
+        renamed = [
+            (i, quoted)
+            for i, (name, _, line) in enumerate(window)
+            if name.startswith("rename")
+            and len(quoted := re.findall(r'"([^"]+)"', line)) >= 2
+            and quoted[-1].startswith(images_root)
+        ]
+        assert len(renamed) == 1, f"upload {number}: one image renamed into place"
+        at, (temp, final) = renamed[0][0], renamed[0][1][-2:]
+        synced = {path for name, path, _ in window[:at] if name in ("fsync", "fdatasync")}
+        assert temp in synced, f"upload {number}: image data fsynced before the rename"
+        after = [(name, path) for name, path, _ in window[at:]]
+        assert ("fsync", str(Path(final).parent)) in after, f"upload {number}: its folder fsynced"
+        created = [
+            (i, Path(re.findall(r'"([^"]+)"', line)[0]))
+            for i, (name, _, line) in enumerate(window)
+            if name.startswith("mkdir") and images_root in line and line.endswith("= 0")
+        ]
+        for i, folder in created:  # a new folder's entry lives in its parent
+            assert any(
+                name == "fsync" and path == str(folder.parent) for name, path, _ in window[i:]
+            ), f"upload {number}: {folder} created, its parent not synced"
+        wal = str(data.resolve() / "dermfm.db-wal")
+        assert any(name in ("fsync", "fdatasync") and path == wal for name, path in after), (
+            f"upload {number}: the database commit (its write-ahead log) fsynced"
+        )
+        start = answer

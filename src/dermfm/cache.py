@@ -61,11 +61,17 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = False) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     if durable:
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries to disk (after creating, renaming or removing something in it),
+    so that they outlive a crash or power loss."""
+    folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def load_tensor(kind: str, key: str) -> torch.Tensor | None:

@@ -21,13 +21,19 @@ def private_dir(path: str | Path, *, tighten: bool = True) -> Path:
         tighten: also make an existing folder ``0700``; ``False`` leaves an existing folder's
             mode alone (for a folder the user chose, such as the data folder).
 
-    Only ``path`` itself is changed; parents that had to be created get the umask's mode.
+    Only ``path`` itself is changed; parents that had to be created get the umask's mode. Each
+    folder created is made durable at once (its entry fsynced in its parent), so a file later
+    synced inside it cannot be lost with its folder in a crash.
     """
+    from dermfm.cache import fsync_dir
+
     path = Path(path)
-    existed = path.is_dir()
+    created = [p for p in (path, *path.parents) if not p.is_dir()]
     path.mkdir(parents=True, exist_ok=True)
-    if tighten or not existed:
+    if tighten or path in created:
         os.chmod(path, PRIVATE_DIR_MODE)
+    for folder in reversed(created):  # outermost first
+        fsync_dir(folder.parent)
     return path
 
 
