@@ -34,11 +34,18 @@ from dermfm.models import bundled, load_model
 LABEL_SETS: dict[str, tuple[str, ...]] = {
     "ham7": ("ham10000",),
     "pad6": ("pad_ufes20",),
-    "f17k21": ("fitzpatrick17k",),
-    "sd198": ("sd198",),
+    "f17k21": ("fitzpatrick17k_21",),
+    "sd198": ("sd198_27",),
     "dermnet": ("dermnet_nz",),
     "derm7pt": ("derm7pt",),
-    "assistant": ("ham10000", "derm7pt", "dermnet_nz", "fitzpatrick17k", "pad_ufes20", "sd198"),
+    "assistant": (
+        "ham10000",
+        "derm7pt",
+        "dermnet_nz",
+        "fitzpatrick17k_21",
+        "pad_ufes20",
+        "sd198_27",
+    ),
 }
 METRICS = ("accuracy", "balanced_accuracy", "top5_accuracy", "macro_auroc", "log_loss", "ece")
 

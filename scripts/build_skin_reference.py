@@ -24,7 +24,7 @@ from dermfm.assistant.quality import SKIN_REFERENCE_FILE, SkinReference
 from dermfm.data import read_dataset
 from dermfm.io import load_image
 
-DATASETS = ("ham10000", "derm7pt", "dermnet_nz", "fitzpatrick17k", "pad_ufes20", "sd198")
+DATASETS = ("ham10000", "derm7pt", "dermnet_nz", "fitzpatrick17k_21", "pad_ufes20", "sd198_27")
 
 
 def main() -> None:

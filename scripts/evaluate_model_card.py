@@ -59,8 +59,8 @@ SOURCES = {
     "ham10000": "ham7",
     "dermnet_nz": "dermnet",
     "pad_ufes20": "pad6",
-    "fitzpatrick17k": "f17k21",
-    "sd198": "sd198",
+    "fitzpatrick17k_21": "f17k21",
+    "sd198_27": "sd198",
     "derm7pt": "derm7pt",
 }
 SKIN_GROUPS = {"I-II": ("I", "II"), "III-IV": ("III", "IV"), "V-VI": ("V", "VI")}
@@ -70,12 +70,12 @@ TARGETS = {
     ("ham10000", "accuracy"): 0.80,
     ("dermnet_nz", "top5_accuracy"): 0.75,
     ("pad_ufes20", "balanced_accuracy"): 0.74,
-    ("fitzpatrick17k", "accuracy"): 0.50,
-    ("fitzpatrick17k", "malignant_auroc"): 0.85,
-    ("fitzpatrick17k", "malignant_auroc I-II"): 0.80,
-    ("fitzpatrick17k", "malignant_auroc III-IV"): 0.80,
-    ("fitzpatrick17k", "malignant_auroc V-VI"): 0.80,
-    ("sd198", "accuracy"): 0.51,
+    ("fitzpatrick17k_21", "accuracy"): 0.50,
+    ("fitzpatrick17k_21", "malignant_auroc"): 0.85,
+    ("fitzpatrick17k_21", "malignant_auroc I-II"): 0.80,
+    ("fitzpatrick17k_21", "malignant_auroc III-IV"): 0.80,
+    ("fitzpatrick17k_21", "malignant_auroc V-VI"): 0.80,
+    ("sd198_27", "accuracy"): 0.51,
     ("derm7pt", "melanoma_auroc"): 0.90,
 }
 
@@ -151,7 +151,7 @@ def score_source(
         out["melanoma_auroc"] = estimate(
             auroc, "melanoma_auroc", groups, n_boot, truth, p[:, cols].sum(1)
         )
-    if name == "fitzpatrick17k":
+    if name == "fitzpatrick17k_21":
         truth = malignancy_truth(records)
         score = p[:, malignant_columns(labels)].sum(1)
         known = truth >= 0

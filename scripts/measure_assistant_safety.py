@@ -48,14 +48,14 @@ from dermfm.data import read_dataset
 from dermfm.knowledge import Ontology, load_ontology
 from dermfm.progress import progress
 
-SOURCES = ("ham10000", "derm7pt", "dermnet_nz", "fitzpatrick17k", "pad_ufes20", "sd198")
+SOURCES = ("ham10000", "derm7pt", "dermnet_nz", "fitzpatrick17k_21", "pad_ufes20", "sd198_27")
 NAMES = {
     "ham10000": "HAM10000",
     "derm7pt": "Derm7pt",
     "dermnet_nz": "DermNet NZ",
-    "fitzpatrick17k": "Fitzpatrick17k",
+    "fitzpatrick17k_21": "Fitzpatrick17k",
     "pad_ufes20": "PAD-UFES-20",
-    "sd198": "SD-198",
+    "sd198_27": "SD-198",
 }
 SKIN_GROUPS = {
     "I": "I-II",

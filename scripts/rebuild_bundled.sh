@@ -19,10 +19,10 @@ $py scripts/build_bundled_adapters.py --root "$root" \
 step "assistant calibration ($bundled/assistant/calibration.json), on zero-shot scores"
 $dermfm assistant calibrate --root "$root" --overwrite \
     -d ham10000:dermoscopy -d derm7pt:dermoscopy:none -d dermnet_nz:clinical \
-    -d fitzpatrick17k:clinical -d pad_ufes20:clinical -d sd198:clinical
+    -d fitzpatrick17k_21:clinical -d pad_ufes20:clinical -d sd198_27:clinical
 step "sparse autoencoder and its artifact latents ($bundled/sae/)"
 $dermfm sae train "$bundled/sae" --root "$root" --overwrite \
-    -d ham10000 -d dermnet_nz -d derm7pt -d fitzpatrick17k -d pad_ufes20 -d sd198 \
+    -d ham10000 -d dermnet_nz -d derm7pt -d fitzpatrick17k_21 -d pad_ufes20 -d sd198_27 \
     --artifact-images 2100 --set n_latents=2048
 $dermfm sae suppress "$bundled/sae" --root "$root" -d ham10000 -d dermnet_nz --images 150
 step "model-card figures (docs/model_card_results.*)"

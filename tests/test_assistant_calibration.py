@@ -89,7 +89,7 @@ def test_a_model_without_calibration_has_none(oc_model) -> None:
 # command of scripts/rebuild_bundled.sh)
 DOC_TEST_SPLITS = {
     "dermoscopy": ("ham10000", "derm7pt"),
-    "clinical": ("dermnet_nz", "fitzpatrick17k", "pad_ufes20", "sd198"),
+    "clinical": ("dermnet_nz", "fitzpatrick17k_21", "pad_ufes20", "sd198_27"),
 }
 
 

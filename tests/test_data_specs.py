@@ -97,7 +97,7 @@ def clinical(shared_data: Path) -> list[Path]:
 def test_every_published_spec_is_packaged_and_valid() -> None:
     names = set(dataset_names())
     assert PUBLISHED | {"ham10000", "derm7pt", "dermnet_nz"} <= names
-    assert {"fitzpatrick17k", "pad_ufes20", "sd198"} <= set(source_specs())
+    assert {"fitzpatrick17k_21", "pad_ufes20", "sd198_27"} <= set(source_specs())
     for name in names:
         spec = load_dataset_spec(name)
         assert spec["name"] == name and Path(spec["spec_file"]).is_file()
@@ -247,8 +247,8 @@ def test_fitzpatrick17k_layout(shared_data: Path, clinical: list[Path], tmp_path
         _copy(image, folder / "images" / f"{row['md5hash']}.jpg")
     _write(folder / "fitzpatrick17k.csv", list(published[0]), [list(r.values()) for r in rows])
 
-    # the published layout's spec (the name "fitzpatrick17k" is the development-data source)
-    read = read_dataset(PUBLISHED_SPECS / "fitzpatrick17k.yaml", tmp_path)
+    # by name: the published layout's spec (the development data's source is fitzpatrick17k_21)
+    read = read_dataset("fitzpatrick17k", tmp_path)
     kept = [rows[0], *rows[2:]]
     nodes = {c.label: c.node for c in load_label_set("f17k114").classes}
     assert [r.metadata["dataset_label"] for r in read.records] == [r["label"] for r in kept]
@@ -485,7 +485,7 @@ def test_sd198_class_folders_form_an_automatic_label_set(
     for file, image in zip(files, clinical, strict=False):
         _copy(image, folder / file)
     (folder / "Psoriasis" / "notes.txt").write_text("not an image")
-    read = read_dataset(PUBLISHED_SPECS / "sd198.yaml", tmp_path)
+    read = read_dataset("sd198", tmp_path)  # by name: the published spec, not sd198_27
     assert read.label_set.names == ["Acute Eczema", "Basal Cell Carcinoma", "Psoriasis"]
     assert [c.node for c in read.label_set.classes] == [None, "basal_cell_carcinoma", "psoriasis"]
     expected = ["Acute Eczema", "Acute Eczema", "basal_cell_carcinoma", "psoriasis"]
@@ -645,15 +645,17 @@ def test_copies_within_and_across_sources_never_straddle_a_split(tmp_path: Path)
 def test_new_sources_keep_patients_copies_and_dermnet_twins_in_one_split(
     shared_data: Path,
 ) -> None:
-    by_source = {n: read_dataset(n, shared_data).records for n in ("fitzpatrick17k", "dermnet_nz")}
-    for name, columns in (
-        ("pad_ufes20", ("patient_id", "near_dup_group")),
-        ("sd198", ("near_dup_group",)),
-        ("fitzpatrick17k", ("near_dup_group",)),
+    by_source = {
+        n: read_dataset(n, shared_data).records for n in ("fitzpatrick17k_21", "dermnet_nz")
+    }
+    for name, folder, columns in (
+        ("pad_ufes20", "pad_ufes20", ("patient_id", "near_dup_group")),
+        ("sd198_27", "sd198", ("near_dup_group",)),
+        ("fitzpatrick17k_21", "fitzpatrick17k", ("near_dup_group",)),
     ):
         records = by_source.get(name) or read_dataset(name, shared_data).records
         split_of = {Path(r.image).name: r.split for r in records}
-        rows = _table(shared_data / name / "labels.csv")
+        rows = _table(shared_data / folder / "labels.csv")
         for column in columns:
             seen: dict[str, set[str]] = defaultdict(set)
             for r in rows:
@@ -661,16 +663,16 @@ def test_new_sources_keep_patients_copies_and_dermnet_twins_in_one_split(
                     seen[r[column]].add(split_of[Path(r["file"]).name])
             assert seen and all(len(v) == 1 for v in seen.values()), (name, column)
     dermnet = {Path(r.image).name: r.split for r in by_source["dermnet_nz"]}
-    fitz = {Path(r.image).name: r.split for r in by_source["fitzpatrick17k"]}
+    fitz = {Path(r.image).name: r.split for r in by_source["fitzpatrick17k_21"]}
     twins = [
         (fitz[Path(r["file"]).name], dermnet[r["dermnet_nz_twin"]])
         for r in _table(shared_data / "fitzpatrick17k" / "labels.csv")
         if r["dermnet_nz_twin"] in dermnet and Path(r["file"]).name in fitz
     ]
     assert len(twins) > 100 and all(a == b for a, b in twins)
-    skin_types = {r.metadata.get("skin_type") for r in by_source["fitzpatrick17k"]}
+    skin_types = {r.metadata.get("skin_type") for r in by_source["fitzpatrick17k_21"]}
     assert {"I", "II", "III", "IV", "V", "VI"} <= skin_types
-    assert {r.metadata["malignant"] for r in by_source["fitzpatrick17k"]} == {"0", "1"}
+    assert {r.metadata["malignant"] for r in by_source["fitzpatrick17k_21"]} == {"0", "1"}
 
 
 @pytest.mark.parametrize(

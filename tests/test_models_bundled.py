@@ -46,9 +46,9 @@ def test_bundled_weights_ship_in_the_package_under_40_mb(model: dermfm.DermModel
         "ham10000",
         "derm7pt",
         "dermnet_nz",
-        "fitzpatrick17k",
+        "fitzpatrick17k_21",
         "pad_ufes20",
-        "sd198",
+        "sd198_27",
     ]
     assert config["image_size"] == 224
     assert model.card.name == "dermfm-bundled" and model.embed_dim == config["embed_dim"]
