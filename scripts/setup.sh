@@ -26,11 +26,14 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ] &&
 fi
 # The bundled model ships inside the package: there is nothing to download.
 # Test-only system packages: Debian's Chromium for the web app's browser tests (never a
-# downloaded browser) and a PostgreSQL server for the case-store tests on PostgreSQL.
+# downloaded browser), a PostgreSQL server for the case-store tests on PostgreSQL, and Orthanc
+# with its DICOMweb plugin, the PACS of the DICOMweb tests (tests/test_interop_dicomweb.py).
 if [ "$extras" = "dev" ]; then
     missing=""
     command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
+    command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || missing="$missing orthanc"
+    [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$missing orthanc-dicomweb"
     if [ -n "$missing" ]; then
         if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
             echo "dermfm setup: installing$missing for the tests"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dermfm.io import ImageInput
+from dermfm.io import DicomFrame, ImageInput, expand_frames
 from dermfm.models import DermModel, load_model
 
 ModelSpec = DermModel | str | Path | None
@@ -26,8 +26,18 @@ def resolve_model(model: ModelSpec) -> DermModel:
     return _cached_model(str(model) if model is not None else None)
 
 
+def _frames(items: Sequence[ImageInput]) -> list[ImageInput]:
+    """The inputs with each multi-frame DICOM file replaced by its frames."""
+    out: list[ImageInput] = []
+    for item in items:
+        out.extend([item] if isinstance(item, Image.Image) else expand_frames([item]))
+    return out
+
+
 def as_batch(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput], bool]:
-    """``(list of inputs, whether a single input was given)``."""
-    if isinstance(images, (str, Path, Image.Image)):
-        return [images], True
-    return list(images), False
+    """``(list of inputs, whether a single input was given)``; a multi-frame DICOM file is one
+    input per frame (so a single such file gives a list, one result per frame)."""
+    if isinstance(images, (str, Path, Image.Image, DicomFrame)):
+        batch = _frames([images])
+        return batch, len(batch) == 1
+    return _frames(list(images)), False

@@ -260,12 +260,13 @@ def _print_diagnosis(r: Any) -> None:
     )
     table.add_column("#", justify="right")
     table.add_column("condition")
+    table.add_column("ICD-10-CM")
     table.add_column("label")
     table.add_column(
         f"probability ({r.score_kind})" if r.adapter else "score (uncalibrated)", justify="right"
     )
     for i, p in enumerate(r.predictions, start=1):
-        table.add_row(str(i), p.name, p.label, f"{p.probability:.3f}")
+        table.add_row(str(i), p.name, p.icd10cm or "", p.label, f"{p.probability:.3f}")
     out.print(table)
     if r.malignancy:
         summary = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in r.malignancy.items())

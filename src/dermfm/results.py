@@ -16,12 +16,14 @@ ADAPTER_SCORE_KIND = "adapter-calibrated"
 
 @dataclass
 class Prediction:
-    """One class of a differential, with its (uncalibrated) probability."""
+    """One class of a differential, with its (uncalibrated) probability and, when its ontology
+    node has one, its ICD-10-CM code."""
 
     label: str
     name: str
     node: str | None
     probability: float
+    icd10cm: str | None = None
 
 
 @dataclass

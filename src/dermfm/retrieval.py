@@ -27,7 +27,7 @@ import numpy as np
 
 from dermfm.cache import atomic_write_bytes
 from dermfm.errors import ImageError, IndexStoreError
-from dermfm.io import ImageInput, find_images, image_digest
+from dermfm.io import ImageInput, expand_frames, find_images, image_digest
 from dermfm.models import DermModel, load_model
 from dermfm.results import SearchHit
 
@@ -78,15 +78,16 @@ def read_items(source: str | Path) -> list[Item]:
     a CSV (a path column: path/image/file/filename, optional label and caption/text columns,
     relative paths resolved against the CSV's folder) or a single image."""
     source = Path(source)
-    if source.is_dir():
+    if source.is_dir():  # a multi-frame DICOM file is one item per frame
+        found = [(p, Path(getattr(p, "path", p))) for p in expand_frames(find_images(source))]
         return [
-            Item(p, label=p.parent.name if p.parent != source else None)
-            for p in find_images(source)
+            Item(p, label=f.parent.name if f.parent != source else None)  # type: ignore[arg-type]
+            for p, f in found
         ]
     if source.suffix.lower() == ".csv" and source.is_file():
         return _read_csv(source)
     if source.is_file():
-        return [Item(source)]
+        return [Item(p) for p in expand_frames([source])]  # type: ignore[arg-type]
     raise IndexStoreError(f"{source}: not a folder, a CSV file or an image")
 
 

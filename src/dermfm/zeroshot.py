@@ -176,7 +176,13 @@ class ZeroShotClassifier:
         classes = self.label_set.classes
         order = torch.argsort(probs, descending=True).tolist()
         predictions = [
-            Prediction(classes[i].label, classes[i].name, classes[i].node, float(probs[i]))
+            Prediction(
+                classes[i].label,
+                classes[i].name,
+                classes[i].node,
+                float(probs[i]),
+                self.ontology[classes[i].node].icd10cm if classes[i].node else None,
+            )
             for i in order[: max(1, top_k)]
         ]
         mass = (self._rollup_matrix @ probs).tolist()

@@ -147,12 +147,13 @@ def _print_report(report: Any) -> None:
     else:
         dx = report.differential
         table = Table(title=f"Differential ({dx.probability_kind})", title_justify="left")
-        for column in ("#", "condition", "probability", "in set", "malignancy"):
+        for column in ("#", "condition", "ICD-10-CM", "probability", "in set", "malignancy"):
             table.add_column(column)
         for c in dx.candidates:
             table.add_row(
                 str(c.rank),
                 c.name,
+                c.icd10cm or "",
                 f"{c.probability:.1%}",
                 "yes" if c.in_prediction_set else "",
                 c.malignancy,
@@ -196,9 +197,19 @@ def _write_documents(report: Any, folder: Path, formats: str, overwrite: bool) -
     err.print(f"wrote {len(written)} files to {folder}", highlight=False)
 
 
+def _stem(image: Any) -> str:
+    """A folder name for one input's documents (``scan-frame2`` for a DICOM frame)."""
+    from dermfm.io import DicomFrame
+
+    if isinstance(image, DicomFrame):
+        return f"{image.path.stem}-frame{image.index + 1}"
+    return Path(image).stem
+
+
 def consult_command(
     images: Annotated[
-        list[Path] | None, typer.Argument(help="Skin photos (one report each).")
+        list[Path] | None,
+        typer.Argument(help="Skin photos or DICOM files (one report each; one per frame)."),
     ] = None,
     question: Annotated[
         str | None, typer.Option("--question", "-q", help="A question about the image.")
@@ -241,6 +252,14 @@ def consult_command(
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print the full reports as Markdown.")
     ] = False,
+    fhir: Annotated[
+        Path | None,
+        typer.Option(
+            "--fhir",
+            help="Write the report as a FHIR R4 Bundle (JSON) to this file "
+            "(several inputs: FILE-<input>.json each); see docs/interop.md.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """A grounded consultation report per image: quality check, modality, characteristics,
@@ -268,7 +287,10 @@ def consult_command(
         suppress_artifacts,
         _adapter(adapter, no_adapter),
     )
-    reports = [assistant.consult(image, question, patient) for image in images]
+    from dermfm.io import expand_frames
+
+    inputs = expand_frames(images)  # a multi-frame DICOM file: one report per frame
+    reports = [assistant.consult(image, question, patient) for image in inputs]
     if json_out:
         _print_json([r.model_dump(mode="json") for r in reports])
     elif markdown:
@@ -279,11 +301,30 @@ def consult_command(
         for report in reports:
             _print_report(report)
     if out_dir is not None:
-        for report, image in zip(reports, images, strict=True):
-            folder = out_dir / image.stem if len(images) > 1 else out_dir
+        for report, image in zip(reports, inputs, strict=True):
+            folder = out_dir / _stem(image) if len(inputs) > 1 else out_dir
             _write_documents(report, folder, formats, overwrite)
+    if fhir is not None:
+        _write_fhir(reports, inputs, fhir, overwrite)
     unreadable = [r for r in reports if any(p.kind == "unreadable" for p in r.quality.problems)]
     raise typer.Exit(1 if unreadable else 0)
+
+
+def _write_fhir(reports: list[Any], inputs: list[Any], target: Path, overwrite: bool) -> None:
+    """One FHIR bundle per report: ``target``, or ``<target stem>-<input>.json`` for several."""
+    import json
+
+    from dermfm.interop import fhir_bundle
+
+    for report, image in zip(reports, inputs, strict=True):
+        file = (
+            target if len(reports) == 1 else target.with_name(f"{target.stem}-{_stem(image)}.json")
+        )
+        if file.exists() and not overwrite:
+            raise _fail(f"{file}: exists (use --overwrite)")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(json.dumps(fhir_bundle(report), indent=1), encoding="utf-8")
+        err.print(f"wrote FHIR bundle {file}", highlight=False)
 
 
 def chat_command(

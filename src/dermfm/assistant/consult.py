@@ -34,6 +34,7 @@ from dermfm.assistant.report import (
     CategoryScore,
     Characteristic,
     ConsultReport,
+    DicomReference,
     Differential,
     Limitation,
     Message,
@@ -45,7 +46,7 @@ from dermfm.assistant.report import (
     percent,
 )
 from dermfm.errors import ImageError
-from dermfm.io import ImageInput, load_image
+from dermfm.io import DicomFrame, ImageInput, load_image
 from dermfm.knowledge._files import read_document
 from dermfm.results import ADAPTER_SCORE_KIND
 
@@ -273,6 +274,7 @@ class Assistant:
                 malignancy=ontology.attribute(node, "malignancy") if node else "unknown",
                 urgency=ontology.attribute(node, "urgency") if node else "unknown",
                 category=ontology[parent].name if parent else None,
+                icd10cm=ontology[node].icd10cm if node else None,
             )
 
         order = torch.argsort(probs, descending=True).tolist()
@@ -289,6 +291,9 @@ class Assistant:
             prediction_set = PredictionSet(
                 labels=[classes[i].label for i in in_set],
                 names=[classes[i].name for i in in_set],
+                codes=[
+                    ontology[classes[i].node].icd10cm if classes[i].node else None for i in in_set
+                ],
                 coverage=calibration.coverage,
                 measured_coverage=group.measured.get("coverage"),
                 method=calibration.method,
@@ -427,21 +432,30 @@ class Assistant:
         *,
         case_id: str | None = None,
         history: Sequence[Message] = (),
+        dicom: DicomReference | None = None,
     ) -> ConsultReport:
         """The structured report on one image (see the module doc for the steps).
+
+        A DICOM image (a file or one frame of a multi-frame file) completes ``patient`` with the
+        age, sex, body site and modality it states (what the user gave wins), and the report
+        carries its :class:`DicomReference`; ``dicom`` gives that reference for an image that
+        is no longer DICOM (a case's stored, metadata-free copy).
 
         An image that cannot be read or assessed gives a report with status
         ``needs_better_photo`` and no findings, never an exception.
         """
+        from dermfm.assistant.dicom import reference_of, with_dicom
         from dermfm.assistant.rules import triage
         from dermfm.assistant.writers import write_narrative
         from dermfm.io.images import image_digest
 
-        patient = patient or PatientDetails()
-        source = str(image) if isinstance(image, str | Path) else "<image>"
+        context, reference = reference_of(image)
+        patient = with_dicom(patient, context)
+        dicom = reference or dicom
+        source = str(image) if isinstance(image, str | Path | DicomFrame) else "<image>"
         digest = None
         try:
-            if isinstance(image, str | Path):
+            if isinstance(image, str | Path | DicomFrame):
                 digest = image_digest(image)
             decoded = load_image(image)
         except ImageError as exc:
@@ -477,6 +491,7 @@ class Assistant:
             similar_cases=self._similar(embedding) if differential is not None else [],
             information=self._information(differential) if differential else [],
             patient=patient,
+            dicom=dicom,
             narrative={"summary": "", "writer": "none"},
             disclaimer=self.settings["disclaimer"],
         )

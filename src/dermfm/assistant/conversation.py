@@ -10,6 +10,7 @@ case is never overwritten by a different one.
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Sequence
@@ -19,9 +20,15 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from dermfm.assistant.consult import Assistant
-from dermfm.assistant.report import ConsultReport, Message, PatientDetails, now
+from dermfm.assistant.report import (
+    ConsultReport,
+    DicomReference,
+    Message,
+    PatientDetails,
+    now,
+)
 from dermfm.errors import DermfmError
-from dermfm.io import ImageInput
+from dermfm.io import DicomFrame, ImageInput, is_dicom, load_image
 
 #: Patient fields that change the findings (the differential's prompts, triage rules or the
 #: limitations); other details only change the conversation.
@@ -88,15 +95,22 @@ class CaseStore:
         return uuid.uuid4().hex[:12]
 
     def store_image(self, case_id: str, image: ImageInput) -> str | None:
-        """Copy an image file into the case folder; returns the copy's file name."""
-        if not isinstance(image, str | Path) or not Path(image).is_file():
-            return None
+        """Copy an image file into the case folder; returns the copy's file name. A DICOM image
+        (or frame) is kept as its pixels alone (``image.png``): none of its tags is stored."""
         from dermfm.cache import atomic_write_bytes
 
-        name = "image" + Path(image).suffix.lower()
+        dicom = isinstance(image, DicomFrame) or (isinstance(image, str | Path) and is_dicom(image))
+        if not dicom and (not isinstance(image, str | Path) or not Path(image).is_file()):
+            return None
+        name = "image.png" if dicom else "image" + Path(image).suffix.lower()  # type: ignore[arg-type]
         target = self.folder(case_id) / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, Path(image).read_bytes())
+        if dicom:
+            buffer = io.BytesIO()
+            load_image(image).save(buffer, format="PNG")
+            atomic_write_bytes(target, buffer.getvalue())
+        else:
+            atomic_write_bytes(target, Path(image).read_bytes())  # type: ignore[arg-type]
         return name
 
     def image_path(self, case: Case) -> Path | None:
@@ -174,19 +188,28 @@ class Consultation:
         question: str | None = None,
         store: CaseStore | None = None,
         source: str | None = None,
+        dicom: DicomReference | None = None,
     ) -> Consultation:
         """Consult the image and open its case (saved when a store is given). ``source`` names
-        the image in the case (default: its path)."""
+        the image in the case (default: its path). A DICOM image's patient context (age, sex,
+        site, modality) joins the case's patient details, and its :class:`DicomReference` (or
+        ``dicom``, for an upload stored without its tags) every report; the case keeps its
+        pixels only."""
+        from dermfm.assistant.dicom import reference_of, with_dicom
+
         case_id = store.new_id() if store else uuid.uuid4().hex[:12]
-        source = source or (str(image) if isinstance(image, str | Path) else "<image>")
+        source = source or (str(image) if isinstance(image, str | Path | DicomFrame) else "<image>")
+        context, reference = reference_of(image)
         stored = store.store_image(case_id, image) if store else None
         case = Case(
-            case_id=case_id, source=source, image=stored, patient=patient or PatientDetails()
+            case_id=case_id, source=source, image=stored, patient=with_dicom(patient, context)
         )
         consultation = cls(assistant, case, store)
         if question:
             case.messages.append(Message(role="user", content=question))
-        report = assistant.consult(consultation._image(), question, case.patient, case_id=case_id)
+        report = assistant.consult(
+            consultation._image(), question, case.patient, case_id=case_id, dicom=reference or dicom
+        )
         case.reports.append(report)
         if question and report.narrative.answer:
             case.messages.append(Message(role="assistant", content=report.narrative.answer))
@@ -219,6 +242,10 @@ class Consultation:
             raise CaseError(f"case {self.case.case_id}: its stored image {self.case.image} is gone")
         return stored
 
+    def _dicom(self) -> DicomReference | None:
+        """The DICOM reference of the case's image (from its first report), if it was DICOM."""
+        return self.case.reports[0].dicom if self.case.reports else None
+
     def _save(self) -> None:
         if self.store is not None:
             self.store.save(self.case)
@@ -237,6 +264,7 @@ class Consultation:
                     patient,
                     case_id=self.case.case_id,
                     history=self.case.messages,
+                    dicom=self._dicom(),
                 )
             )
         self._save()
@@ -258,7 +286,12 @@ class Consultation:
         updated = bool(REPORT_FIELDS & set(changed))
         if updated:
             report = self.assistant.consult(
-                self._image(), text, patient, case_id=self.case.case_id, history=history
+                self._image(),
+                text,
+                patient,
+                case_id=self.case.case_id,
+                history=history,
+                dicom=self._dicom(),
             )
             self.case.reports.append(report)
             narrative = report.narrative

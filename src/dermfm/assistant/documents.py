@@ -156,6 +156,7 @@ def _candidate_table(candidates: Sequence[Candidate], t: DocumentTexts) -> str:
         [
             str(c.rank),
             c.name,
+            c.icd10cm or t.text("common.missing"),
             c.category or t.text("common.missing"),
             _num(c.probability),
             _answer(t, c.in_prediction_set),
@@ -181,7 +182,11 @@ def _differential_blocks(report: ConsultReport, t: DocumentTexts) -> list[str]:
         ps = d.prediction_set
         line = t.text(
             "common.prediction_set",
-            names=", ".join(ps.names) or t.text("common.missing"),
+            names=", ".join(
+                t.text("common.coded_name", name=name, code=code) if code else name
+                for name, code in zip(ps.names, ps.codes or [None] * len(ps.names), strict=True)
+            )
+            or t.text("common.missing"),
             coverage=percent(ps.coverage),
             method=ps.method,
             calibrated_on=ps.calibrated_on,

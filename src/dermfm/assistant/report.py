@@ -107,6 +107,7 @@ class Candidate(_Model):
     malignancy: str = "unknown"
     urgency: str = "unknown"
     category: str | None = Field(None, description="name of the ontology category above it")
+    icd10cm: str | None = Field(None, description="ICD-10-CM code of the condition, if it has one")
 
 
 class CategoryScore(_Model):
@@ -124,6 +125,9 @@ class PredictionSet(_Model):
 
     labels: list[str]
     names: list[str]
+    codes: list[str | None] = Field(
+        default_factory=list, description="ICD-10-CM code of each member (null: none)"
+    )
     coverage: float = Field(description="target coverage it was calibrated for, e.g. 0.9")
     measured_coverage: float | None = Field(
         None, description="coverage measured on a held-out test split"
@@ -241,6 +245,19 @@ class PatientDetails(_Model):
         return out
 
 
+class DicomReference(_Model):
+    """The DICOM object a report is about: what links its results back to the study in a PACS
+    (DICOM SR, encapsulated PDF, FHIR ImagingStudy). UIDs only: no name, id or date."""
+
+    study_uid: str | None = None
+    series_uid: str | None = None
+    instance_uid: str | None = None
+    sop_class_uid: str | None = None
+    sop_class: str | None = Field(None, description="name of the SOP class")
+    frame: int | None = Field(None, description="frame number (from 1) of a multi-frame object")
+    frames: int = Field(1, description="number of frames of the object")
+
+
 class Narrative(_Model):
     """Text written from the findings (never adds findings of its own)."""
 
@@ -280,6 +297,9 @@ class ConsultReport(_Model):
     information: list[ConditionInfo] = Field(default_factory=list)
     limitations: list[Limitation] = Field(default_factory=list)
     patient: PatientDetails = Field(default_factory=PatientDetails)
+    dicom: DicomReference | None = Field(
+        None, description="the DICOM object the image came from, when it was DICOM"
+    )
     narrative: Narrative
     disclaimer: str
 
@@ -291,6 +311,7 @@ class ConsultReport(_Model):
                 "narrative": True,
                 "source": True,
                 "image_sha256": True,
+                "dicom": True,
                 "similar_cases": {"__all__": {"path"}},
             },
         )
@@ -308,6 +329,7 @@ __all__ = [
     "Characteristic",
     "ConditionInfo",
     "ConsultReport",
+    "DicomReference",
     "Differential",
     "Limitation",
     "Message",

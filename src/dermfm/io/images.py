@@ -11,6 +11,9 @@ conversion; Pillow keeps RGB pixels in 4 bytes; 8 bytes for RGB, RGBA and greysc
 one decode within the default budget of :data:`DEFAULT_MAX_PIXELS` (40 megapixels) costs at most
 480 MB (320 MB for a photo), and a smaller budget proportionally less (``dermfm serve`` uses 30
 megapixels: 360 MB at most, 240 MB for a photo).
+
+DICOM files (recognised by their ``DICM`` preamble) are decoded by :mod:`dermfm.io.dicom` with
+the same budget and errors; a multi-frame file is one input per frame.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from dermfm.errors import ImageError
+from dermfm.io.dicom import (
+    DICOM_SUFFIXES,
+    RASTER_SUFFIXES,
+    DicomFrame,
+    decode_dicom,
+    expand_frames,
+    frame_digest,
+    is_dicom,
+    is_dicom_bytes,
+)
 
 #: Largest image decoded by default: 40 megapixels (e.g. 7746 x 5164; a 12 MP phone photo is
 #: 4032 x 3024).
@@ -36,13 +49,12 @@ DEFAULT_MAX_PIXELS = 40_000_000
 #: transparency or a float32 scratch array for 16/32-bit sources.
 PEAK_BYTES_PER_PIXEL = 12
 
-#: File suffixes treated as images when a folder is scanned.
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".heif"}
-)
+#: File suffixes treated as images when a folder is scanned (DICOM included).
+IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
 
-#: What the public API accepts as an image: a path or an already opened PIL image.
-ImageInput = str | Path | Image.Image
+#: What the public API accepts as an image: a path, one frame of a multi-frame DICOM file, or
+#: an already opened PIL image.
+ImageInput = str | Path | Image.Image | DicomFrame
 
 _HEIF_READY: bool | None = None
 
@@ -103,7 +115,9 @@ def load_image(
     """Open, validate and convert one image to an upright 8-bit RGB :class:`PIL.Image.Image`.
 
     Args:
-        image: a file path, or a PIL image (converted, not re-validated for size).
+        image: a file path (any image format, or DICOM: :mod:`dermfm.io.dicom`), one frame of
+            a multi-frame DICOM file (:class:`~dermfm.io.dicom.DicomFrame`), or a PIL image
+            (converted, not re-validated for size).
         max_pixels: refuse images with more pixels than this, read from the header before any
             pixel is decoded (decompression-bomb guard; see the module doc for the memory it
             bounds).
@@ -117,7 +131,9 @@ def load_image(
     """
     if isinstance(image, Image.Image):
         return _to_rgb(ImageOps.exif_transpose(image) or image)
-    path = Path(image)
+    frame = image.index if isinstance(image, DicomFrame) else None
+    where = str(image)
+    path = image.path if isinstance(image, DicomFrame) else Path(image)
     if not path.exists():
         raise ImageError(path, "file not found")
     if path.is_dir():
@@ -130,6 +146,8 @@ def load_image(
         raise ImageError(path, "empty file (0 bytes)")
     if path.suffix.lower() in (".heic", ".heif") and not _enable_heif():
         raise ImageError(path, "HEIC/HEIF needs the pillow-heif package (pip install pillow-heif)")
+    if frame is not None or is_dicom(path):
+        return decode_dicom(path, where, max_pixels=max_pixels, frame=frame)
     _enable_heif()
     return _decode(path, str(path), max_pixels, draft_size)
 
@@ -184,12 +202,15 @@ def _decode(
 
 
 def decode_image_bytes(
-    data: bytes, where: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, where: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int | None = None
 ) -> Image.Image:
     """:func:`load_image` for encoded bytes (e.g. an upload or a tar member), with the same pixel
-    budget checked from the header; errors name ``where``."""
+    budget checked from the header; errors name ``where``. ``frame``: which frame (from 0) of
+    a multi-frame DICOM object."""
     if not data:
         raise ImageError(where, "empty file (0 bytes)")
+    if is_dicom_bytes(data):
+        return decode_dicom(io.BytesIO(data), where, max_pixels=max_pixels, frame=frame)
     _enable_heif()
     return _decode(io.BytesIO(data), where, max_pixels, None)
 
@@ -207,24 +228,28 @@ def find_images(root: str | Path, recursive: bool = True) -> list[Path]:
     )
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand command-line inputs: folders become the images inside them, files stay."""
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path | DicomFrame]:
+    """Expand command-line inputs: folders become the images inside them, files stay, and a
+    multi-frame DICOM file becomes its frames (one input each)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         out.extend(find_images(p) if p.is_dir() else [p])
-    return out
+    return expand_frames(out)
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def image_digest(path: str | Path) -> str:
-    """SHA-256 hex digest of an image file's bytes: its identity for caches, indexes and audits.
+def image_digest(path: str | Path | DicomFrame) -> str:
+    """SHA-256 hex digest of an image file's bytes: its identity for caches, indexes and audits
+    (a frame of a multi-frame DICOM file: the file's digest with the frame number).
 
     Raises:
         ImageError: the file is missing or cannot be read.
     """
+    if isinstance(path, DicomFrame):
+        return frame_digest(path, image_digest(path.path))
     digest = hashlib.sha256()
     try:
         with Path(path).open("rb") as fh:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -10,6 +11,9 @@ from typing import Any
 
 from dermfm.errors import KnowledgeError
 from dermfm.knowledge._files import packaged, read_document, require, string_list
+
+#: What an ICD-10-CM code looks like (``C43.9``, ``L22``, ``T78.3XXA``).
+ICD10CM_PATTERN = re.compile(r"[A-TV-Z][0-9][0-9AB](\.[0-9A-Z]{1,4})?")
 
 MALIGNANCY = ("benign", "premalignant", "malignant", "uncertain", "mixed", "not_neoplastic")
 URGENCY = ("emergency", "urgent", "soon", "routine")
@@ -29,6 +33,10 @@ class Node:
     malignancy: str | None = None
     urgency: str | None = None
     isic: str | None = None
+    #: the ICD-10-CM code (``None``: none given, or ICD-10-CM has none for it)
+    icd10cm: str | None = None
+    #: the ICD-11 MMS code, where one is given
+    icd11: str | None = None
     source: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,6 +50,8 @@ class Node:
             "malignancy": self.malignancy,
             "urgency": self.urgency,
             "isic": self.isic,
+            "icd10cm": self.icd10cm,
+            "icd11": self.icd11,
             "description": self.description,
         }
 
@@ -62,6 +72,16 @@ def _parse_node(entry: dict[str, Any], source: Path, index: int) -> Node:
         raise KnowledgeError(source, f"{where}: malignancy must be one of {MALIGNANCY}")
     if urgency is not None and urgency not in URGENCY:
         raise KnowledgeError(source, f"{where}: urgency must be one of {URGENCY}")
+    codes: dict[str, str | None] = {}
+    for system in ("icd10cm", "icd11"):
+        value = entry.get(system)
+        if value is not None and not isinstance(value, str):
+            raise KnowledgeError(source, f"{where}: {system} must be a string code")
+        codes[system] = value
+    if codes["icd10cm"] is not None and not ICD10CM_PATTERN.fullmatch(codes["icd10cm"]):
+        raise KnowledgeError(
+            source, f"{where}: icd10cm {codes['icd10cm']!r} is not an ICD-10-CM code"
+        )
     return Node(
         id=node_id,
         name=str(require(entry, "name", source, where)),
@@ -72,6 +92,8 @@ def _parse_node(entry: dict[str, Any], source: Path, index: int) -> Node:
         malignancy=malignancy,
         urgency=urgency,
         isic=entry.get("isic"),
+        icd10cm=codes["icd10cm"],
+        icd11=codes["icd11"],
         source=str(source),
     )
 

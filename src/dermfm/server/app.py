@@ -11,6 +11,7 @@ ever names a file: label sets are packaged names or lists of class names. The co
 ``docs/server.md``, the threat model in ``docs/security.md``.
 """
 
+import io
 import json
 import re
 import tempfile
@@ -244,8 +245,9 @@ class Service:
 
         return SqlCaseStore(self.database, self.images, principal.name)
 
-    def preprocess(self, data: bytes, name: str) -> Any:
-        """Decode an upload (within the pixel budget, upright) into the model's input tensor.
+    def preprocess(self, data: bytes, name: str, frame: int | None = None) -> Any:
+        """Decode an upload (within the pixel budget, upright; ``frame``: which frame of a
+        multi-frame DICOM upload) into the model's input tensor.
 
         Raises:
             ApiError: 422 ``unsupported_image`` naming the upload and the problem.
@@ -254,10 +256,36 @@ class Service:
         from dermfm.io import decode_image_bytes
 
         try:
-            image = decode_image_bytes(data, name, max_pixels=self.settings.max_pixels)
+            image = decode_image_bytes(data, name, max_pixels=self.settings.max_pixels, frame=frame)
         except ImageError as exc:
             raise ApiError(422, "unsupported_image", str(exc)) from None
         return self.model.preprocess(image)
+
+    def frames(self, data: bytes, name: str) -> list[tuple[str, int | None]]:
+        """The inputs of an upload: ``[(name, None)]``, or for a multi-frame DICOM object one
+        ``(name#frame=N, index)`` per frame (at most ``max_frames``).
+
+        Raises:
+            ApiError: 422 ``unsupported_image``: an unreadable DICOM header, too many frames.
+        """
+        from dermfm.errors import ImageError
+        from dermfm.io.dicom import dicom_frames_in_bytes, is_dicom_bytes
+
+        if not is_dicom_bytes(data):
+            return [(name, None)]
+        try:
+            count = dicom_frames_in_bytes(data, name)
+        except ImageError as exc:
+            raise ApiError(422, "unsupported_image", str(exc)) from None
+        if count == 1:
+            return [(name, None)]
+        if count > self.settings.max_frames:
+            raise ApiError(
+                422,
+                "unsupported_image",
+                f"{name}: {count} frames, more than the {self.settings.max_frames} allowed",
+            )
+        return [(f"{name}#frame={i + 1}", i) for i in range(count)]
 
 
 def create_app(settings: ServerSettings, service: Service | None = None) -> FastAPI:
@@ -354,6 +382,24 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         data["owner"] = store.owner_of(case.case_id)
         data["image_url"] = f"/api/cases/{case.case_id}/image"
         return data
+
+    async def embedded_upload(
+        service: Service, image: UploadFile, name: str
+    ) -> list[tuple[str, Any]]:
+        """``(source, embedding)`` of each input of an upload (one per DICOM frame)."""
+
+        def prepare() -> list[tuple[str, Any]]:
+            data = _read_upload(image, name)
+            return [
+                (source, service.preprocess(data, name, frame))
+                for source, frame in service.frames(data, name)
+            ]
+
+        prepared = await service.image_gate.run(prepare)
+        return [
+            (source, await run_in_threadpool(service.batcher.submit, pixels))
+            for source, pixels in prepared
+        ]
 
     def user_error(exc: Exception) -> ApiError:
         from dermfm.server.store import NoSuchUser
@@ -485,31 +531,31 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
             PlainText,
         ] = "assistant",
         top_k: Annotated[int, Query(ge=1, le=50)] = 5,
-    ) -> dict[str, Any]:
-        """Zero-shot differential diagnosis of one image (uncalibrated scores)."""
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """Zero-shot differential diagnosis of one image (uncalibrated scores); a multi-frame
+        DICOM upload gives a list, one result per frame."""
         name = upload_name(image)
-
-        def prepare() -> tuple[Any, Any]:
-            clf = service.classifier(service.label_set(labels))
-            return clf, service.preprocess(_read_upload(image, name), name)
-
-        clf, pixels = await service.image_gate.run(prepare)
-        embedding = await run_in_threadpool(service.batcher.submit, pixels)
-        probs = clf.predict_proba(embedding[None])[0]
-        return clf.summarise(name, probs, top_k).to_dict()
+        clf = await run_in_threadpool(lambda: service.classifier(service.label_set(labels)))
+        inputs = await embedded_upload(service, image, name)
+        results = [
+            clf.summarise(source, clf.predict_proba(e[None])[0], top_k).to_dict()
+            for source, e in inputs
+        ]
+        return results if len(results) > 1 else results[0]
 
     @app.post("/api/concepts")
     async def concepts(
         user: User, service: Svc, image: Annotated[UploadFile, File()]
-    ) -> dict[str, Any]:
-        """Clinical concept scores (MONET) of one image."""
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """Clinical concept scores (MONET) of one image; a multi-frame DICOM upload gives a
+        list, one result per frame."""
         name = upload_name(image)
-        pixels = await service.image_gate.run(
-            lambda: service.preprocess(_read_upload(image, name), name)
-        )
-        embedding = await run_in_threadpool(service.batcher.submit, pixels)
         annotator = service.assistant.annotator
-        return annotator.annotation(name, annotator.scores(embedding[None])[0]).to_dict()
+        results = [
+            annotator.annotation(source, annotator.scores(e[None])[0]).to_dict()
+            for source, e in await embedded_upload(service, image, name)
+        ]
+        return results if len(results) > 1 else results[0]
 
     @app.get("/api/search")
     def search(
@@ -538,11 +584,19 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         duration: Annotated[str | None, Form(max_length=100), PlainText] = None,
         skin_type: Annotated[str | None, Form(max_length=10), PlainText] = None,
         modality: Annotated[str | None, Form(max_length=20), PlainText] = None,
+        frame: Annotated[
+            int | None,
+            Form(ge=1, le=10_000, description="Frame (from 1) of a multi-frame DICOM upload."),
+        ] = None,
     ) -> dict[str, Any]:
-        """Consult: store the (metadata-free) image, run the assistant, open a case."""
+        """Consult: store the (metadata-free) image, run the assistant, open a case. A DICOM
+        upload's age, sex, body site and modality (from its SOP class) complete the patient
+        details (the form's values win); only its pixels and UIDs are kept."""
         from dermfm.assistant.conversation import Consultation
+        from dermfm.assistant.dicom import dicom_reference, with_dicom
         from dermfm.assistant.patient import details_from_fields
         from dermfm.errors import ImageError
+        from dermfm.io.dicom import is_dicom_bytes, read_dicom_context
 
         name = upload_name(image)
         try:
@@ -559,20 +613,39 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
 
         def consult() -> dict[str, Any]:
             data = _read_upload(image, name)
+            source, index, context = name, None, None
+            if is_dicom_bytes(data):
+                inputs = service.frames(data, name)
+                if len(inputs) > 1 and frame is None:
+                    raise ApiError(
+                        422,
+                        "unsupported_image",
+                        f"{name}: {len(inputs)} frames: choose one with frame=1..{len(inputs)}",
+                    )
+                if frame is not None:
+                    if frame > len(inputs):
+                        raise ApiError(422, "invalid_input", f"frame: {name} has {len(inputs)}")
+                    source, index = inputs[frame - 1]
+                try:
+                    context = read_dicom_context(io.BytesIO(data), name)
+                except ImageError as exc:
+                    raise ApiError(422, "unsupported_image", str(exc)) from None
             try:
-                sha = service.images.put(data, name)  # metadata stripped before it is written
+                # metadata (DICOM tags too) stripped before it is written
+                sha = service.images.put(data, name, frame=index)
             except ImageError as exc:
                 raise ApiError(422, "unsupported_image", str(exc)) from None
             store = service.store(user)
             chat = Consultation.start(
                 service.assistant,
                 service.images.path(sha),
-                patient,
+                with_dicom(patient, context),
                 question or None,
                 store=store,
-                source=name,
+                source=source,
+                dicom=dicom_reference(context, index),
             )
-            service.database.audit(user.name, "create", chat.case.case_id, f"source={name}")
+            service.database.audit(user.name, "create", chat.case.case_id, f"source={source}")
             return {
                 "case": store.summary(chat.case.case_id),
                 "report": chat.report.model_dump(mode="json"),
@@ -673,6 +746,22 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         with tempfile.TemporaryDirectory() as tmp:
             data = markdown_to_pdf(markdown, Path(tmp) / "doc.pdf").read_bytes()
         return Response(data, media_type="application/pdf", headers=headers)
+
+    @app.get("/api/cases/{case_id}/fhir")
+    def fhir(case_id: str, user: User, service: Svc) -> Response:
+        """The case's latest report as a FHIR R4 Bundle (DiagnosticReport with ICD-10-CM
+        conclusion codes and the PDF report, Observations, ImagingStudy or Media, Patient);
+        see docs/interop.md."""
+        from dermfm.interop.fhir import fhir_bundle
+
+        store = own_case(service, user, case_id)
+        bundle = fhir_bundle(store.load(case_id).report)
+        service.database.audit(user.name, "document", case_id, "fhir")
+        return Response(
+            json.dumps(bundle),
+            media_type="application/fhir+json",
+            headers={"Content-Disposition": f'attachment; filename="{case_id}-fhir.json"'},
+        )
 
     @app.get("/api/cases/{case_id}/export")
     def export(case_id: str, user: User, service: Svc) -> Response:

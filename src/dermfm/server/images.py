@@ -18,6 +18,7 @@ from PIL import Image
 
 from dermfm.cache import atomic_write_bytes
 from dermfm.io import DEFAULT_MAX_PIXELS, decode_image_bytes
+from dermfm.io.dicom import is_dicom_bytes
 from dermfm.server.private import private_dir
 
 #: Lossy input formats (as PIL names them), re-encoded as JPEG; any other format becomes PNG.
@@ -31,7 +32,7 @@ EXTENSIONS = (".jpg", ".png")
 
 
 def strip_metadata(
-    data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, name: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, frame: int | None = None
 ) -> tuple[bytes, str]:
     """Re-encode an uploaded image from its pixels alone.
 
@@ -40,19 +41,24 @@ def strip_metadata(
         name: the upload's name, used in error messages.
         max_pixels: refuse larger images, from the header, before decoding
             (decompression-bomb guard).
+        frame: which frame (from 0) of a multi-frame DICOM upload.
 
     Returns:
         The new file's bytes and its extension (``.jpg`` for JPEG, HEIC, AVIF and WebP inputs,
-        ``.png`` otherwise). EXIF orientation is applied to the pixels before the EXIF is
-        dropped, so the image stays upright.
+        ``.png`` otherwise: DICOM too, whose tags, patient's name and ids included, are never
+        stored). EXIF orientation is applied to the pixels before the EXIF is dropped, so the
+        image stays upright.
 
     Raises:
         ImageError: naming ``name``: empty, not an image, truncated, too many pixels.
     """
     # the decoded image carries pixels only (dermfm.io drops every metadata block)
-    pixels = decode_image_bytes(data, name, max_pixels=max_pixels)
-    with Image.open(io.BytesIO(data)) as original:  # the header only: which format it was
-        lossy = original.format in LOSSY_FORMATS
+    pixels = decode_image_bytes(data, name, max_pixels=max_pixels, frame=frame)
+    if is_dicom_bytes(data):
+        lossy = False
+    else:
+        with Image.open(io.BytesIO(data)) as original:  # the header only: which format it was
+            lossy = original.format in LOSSY_FORMATS
     out = io.BytesIO()
     if lossy:
         pixels.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
@@ -73,14 +79,15 @@ class ImageStore:
             raise ValueError(f"{sha!r} is not a SHA-256 hex digest")
         return self.root / sha[:2] / sha
 
-    def put(self, data: bytes, name: str) -> str:
-        """Store an upload without its metadata (see :func:`strip_metadata`); returns the
-        SHA-256 of the stored bytes. Storing the same image again writes nothing.
+    def put(self, data: bytes, name: str, frame: int | None = None) -> str:
+        """Store an upload without its metadata (see :func:`strip_metadata`; ``frame``: which
+        frame of a multi-frame DICOM upload); returns the SHA-256 of the stored bytes. Storing
+        the same image again writes nothing.
 
         Raises:
             ImageError: the upload is not a usable image (the message names ``name``).
         """
-        stripped, extension = strip_metadata(data, name, max_pixels=self.max_pixels)
+        stripped, extension = strip_metadata(data, name, max_pixels=self.max_pixels, frame=frame)
         sha = hashlib.sha256(stripped).hexdigest()
         target = self._stem(sha).with_suffix(extension)
         if not target.is_file():

@@ -31,6 +31,7 @@ class ServerSettings:
             wait), so that images cost at most ``image_slots`` times one decode.
         hash_slots: password hashes computed at once (19 MiB each).
         max_label_classes: most classes in a list of class names sent to ``/api/diagnose``.
+        max_frames: most frames of a multi-frame DICOM upload (each one is an input).
         rate_per_minute / burst: per-user token-bucket rate limit.
         batch_max / batch_wait_ms: micro-batching of image embeddings (1: no batching).
         login_hours: lifetime of the tokens that ``/api/login`` hands out.
@@ -58,6 +59,7 @@ class ServerSettings:
     image_slots: int = 2
     hash_slots: int = 4
     max_label_classes: int = 50
+    max_frames: int = 32
     rate_per_minute: float = 120.0
     burst: int = 30
     batch_max: int = 16
