@@ -1,6 +1,9 @@
 """Content-keyed caches in one user-configurable folder (``DERMFM_CACHE``, default
 ``~/.cache/dermfm``). Keys hash everything that determines the value (model + inputs).
 
+Image embeddings are rows of embedding stores (:func:`dermfm.store.cache_store`, a store per
+model under ``embeddings/stores``), the same mechanism ``dermfm embed`` fills.
+
 Tensors (:func:`cached_tensor`) are looked up first in the read-only files that ship with model
 weights (:data:`shipped_files`, e.g. the bundled model's ``class_embeddings.safetensors``), then in
 the user's folder. A shipped file maps content keys to tensors, so an entry serves exactly the
@@ -148,72 +151,3 @@ def cached_tensor(
         value = compute()
         save_tensor(kind, key, value)
     return value
-
-
-class VectorStore:
-    """Vectors stored by content key in one SQLite file (WAL) under the cache folder.
-
-    Used for image embeddings keyed by model and image content, so re-runs and extra tasks do
-    not re-embed. ``enabled=False`` (a model whose weights are changing) stores nothing. A
-    read-only or corrupt store degrades to recomputing, never to wrong vectors: every row keeps
-    its dimension and a row of another size is ignored.
-    """
-
-    def __init__(self, kind: str, namespace: str, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.path = cache_dir(kind) / f"{content_key(namespace)[:32]}.sqlite"
-        self._db: Any = None
-
-    def _connect(self) -> Any:
-        import sqlite3
-
-        if self._db is None:
-            self._db = sqlite3.connect(self.path, timeout=60)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, dim INTEGER, data BLOB)"
-            )
-        return self._db
-
-    def get_many(self, keys: list[str], dim: int) -> dict[str, torch.Tensor]:
-        """The stored vectors of ``keys`` that exist with dimension ``dim``."""
-        import sqlite3
-
-        if not self.enabled or not keys:
-            return {}
-        found: dict[str, torch.Tensor] = {}
-        try:
-            db = self._connect()
-            for start in range(0, len(keys), 500):
-                chunk = keys[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    f"SELECT key, dim, data FROM vectors WHERE key IN ({marks})", chunk
-                )
-                for key, size, data in rows:
-                    if size == dim and len(data) == 4 * dim:
-                        found[key] = torch.frombuffer(bytearray(data), dtype=torch.float32)
-        except sqlite3.Error:
-            return found
-        return found
-
-    def put_many(self, items: dict[str, torch.Tensor]) -> None:
-        """Store vectors (best effort: a read-only cache is not an error)."""
-        import sqlite3
-
-        if not self.enabled or not items:
-            return
-        rows = [
-            (k, int(v.numel()), v.detach().float().cpu().contiguous().numpy().tobytes())
-            for k, v in items.items()
-        ]
-        with contextlib.suppress(sqlite3.Error, OSError):
-            db = self._connect()
-            with db:
-                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
-
-    def close(self) -> None:
-        """Close the database connection."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None

@@ -8,6 +8,12 @@ An index is a folder:
   ``ivf`` or ``hnsw`` for large collections). It is rebuilt from SQLite whenever it is missing or
   out of step, so a crash can never lose stored items.
 * ``index.json`` — which model built it and how, checked whenever the index is opened.
+
+An index built from an embedding store (:meth:`Index.from_store`, ``dermfm index build
+--from-store``) holds no vectors in SQLite: its rows are the store's embedded rows (metadata
+only), ``vectors.faiss`` is any FAISS index (exact, IVF-PQ with OPQ, HNSW; chosen for the size
+and a memory budget by :mod:`dermfm.ann`) and is opened memory-mapped and read-only, so server
+workers share one copy and start without reading vectors. It grows by rebuilding from the store.
 """
 
 from __future__ import annotations
@@ -145,7 +151,8 @@ class Index:
         self._db = sqlite3.connect(folder / "items.sqlite", check_same_thread=False)
         self._lock = threading.RLock()
         self._db.executescript(_SCHEMA)
-        self._ids: np.ndarray = np.empty(0, dtype=np.int64)
+        #: FAISS row -> item id (``None``: the same numbers, as in a store-built index)
+        self._ids: np.ndarray | None = np.empty(0, dtype=np.int64)
         self._faiss: Any = None
         self._trained_size = 0
         self._sync_faiss()
@@ -169,14 +176,7 @@ class Index:
         if kind not in KINDS:
             raise IndexStoreError(f"unknown index kind '{kind}' (choose from {', '.join(KINDS)})")
         folder = Path(folder)
-        if (folder / "index.json").exists():
-            if not overwrite:
-                raise IndexStoreError(
-                    f"{folder}: an index already exists here; use add to extend it or "
-                    "overwrite=True (--overwrite) to replace it"
-                )
-            for name in ("items.sqlite", "vectors.faiss", "index.json"):
-                (folder / name).unlink(missing_ok=True)
+        cls._clear(folder, overwrite)
         folder.mkdir(parents=True, exist_ok=True)
         loaded = model if isinstance(model, DermModel) else load_model(model)
         meta = {
@@ -221,6 +221,117 @@ class Index:
             )
         return cls(folder, loaded, meta)
 
+    @classmethod
+    def from_store(
+        cls,
+        folder: str | Path,
+        store: str | Path,
+        model: DermModel | str | None = None,
+        *,
+        kind: str = "auto",
+        memory: int | None = None,
+        factory: str | None = None,
+        queries: int = 1000,
+        overwrite: bool = False,
+    ) -> tuple[Index, Any]:
+        """Build an index in ``folder`` over the embedded rows of an embedding store.
+
+        The FAISS index is ``factory`` when given, else chosen by
+        :func:`~dermfm.ann.plan_index` from ``kind`` and the ``memory`` budget (bytes); it is
+        trained on a sample, its search parameter tuned on held-aside queries, and the
+        returned :class:`~dermfm.ann.BuildReport` gives recall@10 against exact search.
+        Vectors stream from the store shard by shard; the index folder keeps metadata only.
+        ``model`` (default: the store's) must be the model that wrote the store.
+        """
+        import faiss
+
+        from dermfm import ann
+        from dermfm.store import EmbeddingStore
+
+        folder = Path(folder)
+        opened = EmbeddingStore.open(store)
+        if isinstance(model, DermModel):
+            loaded = model
+        else:
+            wrote = opened.manifest["model"]
+            loaded = load_model(
+                model or wrote["name"],
+                checkpoint=None if model else wrote.get("checkpoint"),
+                precision=wrote.get("precision", "fp32"),
+            )
+        opened.check_model(loaded)
+        cls._clear(folder, overwrite)
+        dim = opened.embed_dim
+        n = sum(len(v) for v, _ in opened.iter_vectors())
+        if n == 0:
+            raise IndexStoreError(f"{store}: the store holds no embedded image")
+        if factory:
+            found = "hnsw" if "HNSW" in factory and "IVF" not in factory else "flat"
+            plan = ann.IndexPlan(factory, "ivfpq" if "IVF" in factory else found, 0, "given")
+        else:
+            plan = ann.plan_index(n, dim, kind, memory)
+        for name in ("items.sqlite", "vectors.faiss"):  # left by a build that did not finish
+            (folder / name).unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(folder / "items.sqlite")
+        db.execute(
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, path TEXT NOT NULL, sha256 TEXT, "
+            "label TEXT, caption TEXT, added_at TEXT NOT NULL, vector BLOB)"
+        )
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        columns = ("path", "sha256", "label", "caption")
+        row = 0
+        for _, meta in opened.iter_vectors(columns):
+            chunk = list(zip(*(meta[c] for c in columns), strict=True))
+            db.executemany(
+                "INSERT INTO items (id, path, sha256, label, caption, added_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(row + i, *values, now) for i, values in enumerate(chunk)],
+            )
+            row += len(chunk)
+        db.commit()
+        db.close()
+        try:
+            built, report = ann.build(
+                lambda: (v for v, _ in opened.iter_vectors()), n, dim, plan, queries=queries
+            )
+        except RuntimeError as exc:  # FAISS refusing a factory string or its training data
+            raise IndexStoreError(f"{folder}: cannot build {plan.factory!r} ({exc})") from None
+        faiss.write_index(built, str(folder / "vectors.faiss"))
+        report.index_bytes = (folder / "vectors.faiss").stat().st_size
+        del built
+        meta = {
+            "format": 2,
+            "model": loaded.name,
+            "model_source": loaded.card.source,
+            "checkpoint": loaded.card.checkpoint or None,
+            "model_key": loaded.cache_key,
+            "embed_dim": dim,
+            "precision": loaded.precision,
+            "kind": plan.kind,
+            "factory": plan.factory,
+            "reason": plan.reason,
+            "parameter": report.parameter,
+            "value": report.value,
+            "store": str(Path(store).resolve()),
+            "build": report.to_dict(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        atomic_write_bytes(folder / "index.json", json.dumps(meta, indent=2).encode())
+        return cls(folder, loaded, meta), report
+
+    @staticmethod
+    def _clear(folder: Path, overwrite: bool) -> None:
+        """Refuse an existing index unless ``overwrite``; then remove its files."""
+        if (folder / "index.json").exists():
+            if not overwrite:
+                raise IndexStoreError(
+                    f"{folder}: an index already exists here; use add to extend it or "
+                    "overwrite=True (--overwrite) to replace it"
+                )
+            for name in ("items.sqlite", "vectors.faiss", "index.json"):
+                (folder / name).unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ storage
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
@@ -236,9 +347,29 @@ class Index:
         self.close()
 
     def _sync_faiss(self) -> None:
-        """Load ``vectors.faiss`` if it matches the stored rows, else rebuild it from SQLite."""
+        """Load ``vectors.faiss`` if it matches the stored rows, else rebuild it from SQLite
+        (a store-built index: memory-mapped, read-only, never rebuilt here)."""
         import faiss
 
+        if self.meta.get("store"):
+            path = self.folder / "vectors.faiss"
+            try:
+                self._faiss = faiss.read_index(
+                    str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+                )
+            except RuntimeError:
+                try:  # an index type FAISS cannot map: read into memory
+                    self._faiss = faiss.read_index(str(path))
+                except RuntimeError as exc:
+                    raise IndexStoreError(
+                        f"{path}: unreadable ({exc}); rebuild it with dermfm index build "
+                        f"--from-store {self.meta['store']}"
+                    ) from None
+            from dermfm.ann import set_parameter
+
+            set_parameter(self._faiss, self.meta.get("parameter"), self.meta.get("value"))
+            self._ids = None
+            return
         ids = np.array(
             [r[0] for r in self._db.execute("SELECT id FROM items ORDER BY id")], dtype=np.int64
         )
@@ -279,6 +410,12 @@ class Index:
     ) -> AddReport:
         """Embed and add images; already indexed files (same content) are skipped."""
         import faiss
+
+        if self.meta.get("store"):
+            raise IndexStoreError(
+                f"{self.folder}: built from the embedding store {self.meta['store']}; add the "
+                "images to the store (dermfm embed) and rebuild (dermfm index build --from-store)"
+            )
 
         items = (
             read_items(source)
@@ -357,15 +494,16 @@ class Index:
 
     def search_vector(self, vector: np.ndarray, k: int = 10) -> list[SearchHit]:
         """Nearest items to an L2-normalised embedding, best first."""
-        if len(self._ids) == 0:
+        total = int(self._faiss.ntotal)
+        if total == 0:
             return []
-        k = min(k, len(self._ids))
+        k = min(k, total)
         scores, rows = self._faiss.search(np.asarray(vector, dtype=np.float32)[None, :], k)
         hits = []
         for rank, (score, row) in enumerate(zip(scores[0], rows[0], strict=True), start=1):
             if row < 0:
                 continue
-            item_id = int(self._ids[row])
+            item_id = int(row if self._ids is None else self._ids[row])
             with self._lock:
                 path, label, caption = self._db.execute(
                     "SELECT path, label, caption FROM items WHERE id = ?", (item_id,)

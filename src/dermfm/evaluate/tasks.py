@@ -6,22 +6,24 @@ HAM10000 lesion, so images of one lesion never count as independent evidence).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from dermfm.cache import VectorStore, content_key
 from dermfm.concepts import ConceptAnnotator
-from dermfm.data import Record, mask_region
+from dermfm.data import Record
 from dermfm.errors import ImageError
 from dermfm.evaluate.metrics import Estimate, auroc, bootstrap, classification_report
-from dermfm.io import image_digest, load_image
+from dermfm.io import image_digest
 from dermfm.knowledge import LabelSet, load_label_set, load_ontology
-from dermfm.models.base import TTA_VIEWS, DermModel
-from dermfm.progress import progress
+from dermfm.models.base import DermModel
+from dermfm.store import EmbeddingStore, cache_store, embed_items, image_key, item_of
+from dermfm.store.core import vectors_of
 from dermfm.zeroshot import ZeroShotClassifier
 
 if TYPE_CHECKING:
@@ -40,16 +42,13 @@ class EmbeddedSplit:
 def _content_keys(
     records: Sequence[Record], tta: bool = False
 ) -> tuple[list[str | None], list[ImageError]]:
-    """Per record: the key of its image content and mask, and of the test-time augmentation
-    views when ``tta`` (``None`` when the file is unreadable)."""
+    """Per record: the content key of its image bytes, mask and test-time augmentation
+    (:func:`~dermfm.store.image_key`; ``None`` when the file is unreadable)."""
     keys: list[str | None] = []
     failed: list[ImageError] = []
-    views = [("tta", [list(v) for v in TTA_VIEWS])] if tta else []
     for record in records:
         try:
-            keys.append(
-                content_key("image-v1", image_digest(record.image), record.mask_box, *views)
-            )
+            keys.append(image_key(image_digest(record.image), record.mask_box, tta))
         except ImageError as exc:
             keys.append(None)
             failed.append(exc)
@@ -63,49 +62,59 @@ def embed_records(
     *,
     cache: bool = True,
     tta: bool = False,
+    stores: Sequence[str | Path] = (),
     show_progress: bool | None = None,
 ) -> EmbeddedSplit:
     """Embed records' images with their ``mask_box`` applied (as in training).
 
-    Embeddings are stored by model and image content (file bytes + mask) in the cache folder,
-    so a re-run, another task or another dataset holding the same image does not embed it
-    again (``cache=False``, or a model whose weights are changing, always embeds). Records
-    whose image cannot be read or decoded are left out and listed in ``failed``. ``tta``:
-    test-time augmentation (:meth:`~dermfm.models.DermModel.encode_images`), cached under
-    keys of their own.
+    Embeddings are content-keyed (image bytes + mask + ``tta``) rows of embedding stores: the
+    ``stores`` given (``dermfm embed`` folders, checked to hold this model's embeddings) are
+    read first, then the user's cache (itself a store, :func:`~dermfm.store.cache_store`);
+    only the images found in none are embedded, and those rows are added to the cache, so a
+    re-run, another task or another dataset holding the same image does not embed it again
+    (``cache=False``, or a model whose weights are changing, neither reads nor adds to the
+    cache). Records whose image cannot be read or decoded are left out and listed in
+    ``failed``. ``tta``: test-time augmentation
+    (:meth:`~dermfm.models.DermModel.encode_images`), stored under keys of their own.
+
+    Raises:
+        StoreError: a store in ``stores`` is missing or holds another model's embeddings.
     """
     keys, failed = _content_keys(records, tta)
-    store = VectorStore("embeddings", model.cache_key, cache and model.cacheable)
-    known = store.get_many([k for k in keys if k], model.embed_dim)
-    todo = [i for i, k in enumerate(keys) if k and k not in known]
-    fresh: dict[str, torch.Tensor] = {}
-    with progress(f"Embedding {len(todo)} images", len(todo), show_progress) as advance:
-        for start in range(0, len(todo), batch_size):
-            chunk, images = [], []
-            for i in todo[start : start + batch_size]:
-                try:
-                    images.append(mask_region(load_image(records[i].image), records[i].mask_box))
-                    chunk.append(i)
-                except ImageError as exc:
-                    failed.append(exc)
-            if images:
-                result = model.embed_images(
-                    images, batch_size=batch_size, tta=tta, show_progress=False
-                )
-                for row, j in enumerate(result.ok):
-                    fresh[keys[chunk[j]]] = result.vectors[row]  # type: ignore[index]
-                failed += list(result.errors.values())
-            advance(len(todo[start : start + batch_size]))
-    store.put_many(fresh)
-    store.close()
-    found = known | fresh
+    opened = [EmbeddingStore.open(s, model) for s in stores]
+    cached = cache_store(model) if cache and model.cacheable else None
+    found: dict[str, np.ndarray] = {}
+    for store in [*opened, *([cached] if cached else [])]:
+        found |= store.lookup([k for k in keys if k and k not in found])
+    todo = [i for i, k in enumerate(keys) if k and k not in found]
+    if todo:
+        table = embed_items(
+            model,
+            [item_of(records[i]) for i in todo],
+            batch_size=batch_size,
+            tta=tta,
+            show_progress=show_progress,
+        )
+        fresh = table.filter(table["error"].is_null())
+        vectors = vectors_of(fresh["vector"], model.embed_dim)
+        found |= dict(zip(fresh["key"].to_pylist(), vectors, strict=True))
+        failed += [
+            ImageError(path, error)
+            for path, error in zip(
+                table["path"].to_pylist(), table["error"].to_pylist(), strict=True
+            )
+            if error is not None
+        ]
+        if cached is not None:
+            with contextlib.suppress(OSError):  # a read-only cache is not an error
+                cached.append(fresh)
     kept = [i for i, k in enumerate(keys) if k in found]
-    vectors = (
-        torch.stack([found[keys[i]] for i in kept])  # type: ignore[index]
+    vectors_out = (
+        torch.from_numpy(np.stack([found[keys[i]] for i in kept]))  # type: ignore[index]
         if kept
         else torch.empty(0, model.embed_dim)
     )
-    return EmbeddedSplit([records[i] for i in kept], vectors, failed)
+    return EmbeddedSplit([records[i] for i in kept], vectors_out, failed)
 
 
 #: Ontology malignancy classes counted as positive / negative in malignant-vs-benign; other

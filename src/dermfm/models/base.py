@@ -164,7 +164,11 @@ class DermModel(ABC):
         ]
         return torch.cat(chunks)
 
-    def _prepare(self, image: ImageInput, max_pixels: int, draft: bool) -> torch.Tensor:
+    def prepare(
+        self, image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False
+    ) -> torch.Tensor:
+        """One image decoded, validated and preprocessed into this model's ``(3, H, W)`` input
+        (``draft``: see :meth:`embed_images`). Raises :class:`ImageError`."""
         rgb = load_image(
             image, max_pixels=max_pixels, draft_size=2 * self.image_size if draft else None
         )
@@ -186,34 +190,57 @@ class DermModel(ABC):
     ) -> ImageEmbeddings:
         """Decode, preprocess and embed many images; failures are collected, not raised.
 
-        Each batch is decoded by a thread pool (PIL releases the GIL while decoding). When the
-        machine has cores the model's threads do not use, the pool works one batch ahead of the
-        model; otherwise it decodes between model calls, so decoding never competes with the
-        model's threads for cores. Batches run under ``torch.inference_mode``, and JPEGs whose
-        shorter side is at least four times the model input are decoded at a reduced DCT scale
-        that keeps at least twice the input size (``draft=False`` decodes at full size, for
-        bit-for-bit parity with a plain PIL pipeline). ``tta``: test-time augmentation (see
-        :meth:`encode_images`).
+        Each batch is decoded by a thread pool (PIL releases the GIL while decoding), see
+        :meth:`embed_prepared`. JPEGs whose shorter side is at least four times the model input
+        are decoded at a reduced DCT scale that keeps at least twice the input size
+        (``draft=False`` decodes at full size, for bit-for-bit parity with a plain PIL
+        pipeline). ``tta``: test-time augmentation (see :meth:`encode_images`).
         """
         images = list(images)
-        sources = [source_name(im) for im in images]
-        batches = [
-            list(range(i, min(i + batch_size, len(images))))
-            for i in range(0, len(images), batch_size)
-        ]
+        embedded = self.embed_prepared(
+            len(images),
+            lambda i: self.prepare(images[i], max_pixels, draft),
+            batch_size=batch_size,
+            workers=workers,
+            tta=tta,
+            show_progress=show_progress,
+        )
+        embedded.sources = [source_name(im) for im in images]
+        return embedded
+
+    def embed_prepared(
+        self,
+        count: int,
+        prepare: Callable[[int], torch.Tensor],
+        *,
+        batch_size: int = 32,
+        workers: int = 4,
+        tta: bool = False,
+        show_progress: bool | None = None,
+    ) -> ImageEmbeddings:
+        """Embed ``count`` inputs, input ``i`` turned into a preprocessed ``(3, H, W)`` tensor by
+        ``prepare(i)`` (which raises :class:`ImageError` for a bad input: collected, not raised).
+
+        ``prepare`` runs in a thread pool of ``workers``. When the machine has cores the model's
+        threads do not use, the pool works one batch ahead of the model; otherwise it prepares
+        between model calls, so decoding never competes with the model's threads for cores.
+        Batches of ``batch_size`` run under ``torch.inference_mode``. Every engine (this one,
+        the embedding store's, a Ray actor) embeds through here, so they agree bit for bit.
+        """
+        batches = [list(range(i, min(i + batch_size, count))) for i in range(0, count, batch_size)]
         vectors: list[torch.Tensor] = []
         ok: list[int] = []
         errors: dict[int, ImageError] = {}
 
         def outcome(i: int) -> torch.Tensor | ImageError:
             try:
-                return self._prepare(images[i], max_pixels, draft)
+                return prepare(i)
             except ImageError as exc:
                 return exc
 
         with (
             ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-            progress("Embedding images", len(images), show_progress) as advance,
+            progress("Embedding images", count, show_progress) as advance,
         ):
 
             def submit(idx: list[int]) -> list[Future]:
@@ -240,4 +267,4 @@ class DermModel(ABC):
                 if has_next and not ahead:
                     pending = submit(batches[b + 1])
         stacked = torch.cat(vectors) if vectors else torch.empty(0, self.embed_dim)
-        return ImageEmbeddings(vectors=stacked, ok=ok, errors=errors, sources=sources)
+        return ImageEmbeddings(vectors=stacked, ok=ok, errors=errors)
