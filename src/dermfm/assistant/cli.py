@@ -209,7 +209,10 @@ def _stem(image: Any) -> str:
 def consult_command(
     images: Annotated[
         list[Path] | None,
-        typer.Argument(help="Skin photos or DICOM files (one report each; one per frame)."),
+        typer.Argument(
+            help="Skin photos or DICOM files (one report each; one per frame of a "
+            "multi-frame DICOM file)."
+        ),
     ] = None,
     question: Annotated[
         str | None, typer.Option("--question", "-q", help="A question about the image.")
@@ -252,6 +255,25 @@ def consult_command(
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print the full reports as Markdown.")
     ] = False,
+    dicomweb: Annotated[
+        str | None,
+        typer.Option(
+            "--dicomweb",
+            help="Consult the photos of a study in this PACS (DICOMweb base URL, e.g. "
+            "http://pacs:8042/dicom-web) instead of IMAGES; needs --study.",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study Instance UID (with --dicomweb).")
+    ] = None,
+    store_back: Annotated[
+        bool,
+        typer.Option(
+            "--store-back",
+            help="With --dicomweb: store each report in the study as a DICOM SR and an "
+            "Encapsulated PDF.",
+        ),
+    ] = False,
     fhir: Annotated[
         Path | None,
         typer.Option(
@@ -270,8 +292,14 @@ def consult_command(
     if schema:
         _print_json(ConsultReport.model_json_schema())
         raise typer.Exit(0)
-    if not images:
-        raise _fail("give at least one image (or --schema)")
+    if (dicomweb is None) != (study is None):
+        raise _fail("--dicomweb and --study go together")
+    if dicomweb and images:
+        raise _fail("give IMAGES or --dicomweb/--study, not both")
+    if store_back and not dicomweb:
+        raise _fail("--store-back needs --dicomweb and --study")
+    if not images and not dicomweb:
+        raise _fail("give at least one image (or --dicomweb URL --study UID, or --schema)")
     patient = _patient(
         age=age, sex=sex, site=site, duration=duration, skin_type=skin_type, modality=modality
     )
@@ -289,8 +317,12 @@ def consult_command(
     )
     from dermfm.io import expand_frames
 
-    inputs = expand_frames(images)  # a multi-frame DICOM file: one report per frame
-    reports = [assistant.consult(image, question, patient) for image in inputs]
+    if dicomweb:
+        reports = _consult_study(assistant, dicomweb, str(study), store_back, question, patient)
+        inputs: list[Any] = [Path(f"{study}-{n + 1}") for n in range(len(reports))]
+    else:
+        inputs = expand_frames(images or [])  # a multi-frame DICOM file: one report per frame
+        reports = [assistant.consult(image, question, patient) for image in inputs]
     if json_out:
         _print_json([r.model_dump(mode="json") for r in reports])
     elif markdown:
@@ -308,6 +340,32 @@ def consult_command(
         _write_fhir(reports, inputs, fhir, overwrite)
     unreadable = [r for r in reports if any(p.kind == "unreadable" for p in r.quality.problems)]
     raise typer.Exit(1 if unreadable else 0)
+
+
+def _consult_study(
+    assistant: Any, url: str, study: str, store_back: bool, question: Any, patient: Any
+) -> list[Any]:
+    """Reports on every photo (and frame) of a PACS study; with ``store_back`` each one goes
+    back into the study as a DICOM SR and an Encapsulated PDF."""
+    from dermfm.interop.dicomweb import Pacs, PacsError, consult_study
+    from dermfm.io import expand_frames
+
+    try:
+        results = consult_study(
+            lambda file: [assistant.consult(f, question, patient) for f in expand_frames([file])],
+            Pacs(url),
+            study,
+            store_back=store_back,
+        )
+    except PacsError as exc:
+        raise _fail(str(exc)) from None
+    for result in results:
+        if result.stored:
+            err.print(
+                f"stored in study {study}: SR {result.stored[0]}, PDF {result.stored[1]}",
+                highlight=False,
+            )
+    return [r.report for r in results]
 
 
 def _write_fhir(reports: list[Any], inputs: list[Any], target: Path, overwrite: bool) -> None:

@@ -117,6 +117,12 @@ def sop_class_name(uid: str | None) -> str | None:
     return None if name == str(uid) else name
 
 
+def photo_sop_classes() -> frozenset[str]:
+    """The SOP classes dermfm consults (``dicom.yaml``): photographs and other colour images;
+    anything else in a study (reports, PDFs, other modalities) is left alone."""
+    return frozenset(_settings()["sop_classes"])
+
+
 def is_dicom_bytes(data: bytes) -> bool:
     """Whether bytes start like a DICOM Part 10 file (128-byte preamble, then ``DICM``)."""
     return data[_PREAMBLE : _PREAMBLE + 4] == b"DICM"
@@ -412,6 +418,7 @@ __all__ = [
     "frame_digest",
     "is_dicom",
     "is_dicom_bytes",
+    "photo_sop_classes",
     "read_dicom_context",
     "sop_class_name",
 ]

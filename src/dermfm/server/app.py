@@ -61,6 +61,7 @@ CODES = {
     415: "unsupported_image",
     422: "invalid_input",
     429: "rate_limited",
+    502: "pacs_error",
 }
 
 #: Routes that take an image upload (``POST``): their bodies may reach ``max_upload_mb``; every
@@ -592,11 +593,8 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
         """Consult: store the (metadata-free) image, run the assistant, open a case. A DICOM
         upload's age, sex, body site and modality (from its SOP class) complete the patient
         details (the form's values win); only its pixels and UIDs are kept."""
-        from dermfm.assistant.conversation import Consultation
-        from dermfm.assistant.dicom import dicom_reference, with_dicom
         from dermfm.assistant.patient import details_from_fields
-        from dermfm.errors import ImageError
-        from dermfm.io.dicom import is_dicom_bytes, read_dicom_context
+        from dermfm.io.dicom import is_dicom_bytes
 
         name = upload_name(image)
         try:
@@ -613,7 +611,7 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
 
         def consult() -> dict[str, Any]:
             data = _read_upload(image, name)
-            source, index, context = name, None, None
+            index = None
             if is_dicom_bytes(data):
                 inputs = service.frames(data, name)
                 if len(inputs) > 1 and frame is None:
@@ -622,36 +620,124 @@ def create_app(settings: ServerSettings, service: Service | None = None) -> Fast
                         "unsupported_image",
                         f"{name}: {len(inputs)} frames: choose one with frame=1..{len(inputs)}",
                     )
-                if frame is not None:
-                    if frame > len(inputs):
-                        raise ApiError(422, "invalid_input", f"frame: {name} has {len(inputs)}")
-                    source, index = inputs[frame - 1]
-                try:
-                    context = read_dicom_context(io.BytesIO(data), name)
-                except ImageError as exc:
-                    raise ApiError(422, "unsupported_image", str(exc)) from None
-            try:
-                # metadata (DICOM tags too) stripped before it is written
-                sha = service.images.put(data, name, frame=index)
-            except ImageError as exc:
-                raise ApiError(422, "unsupported_image", str(exc)) from None
-            store = service.store(user)
-            chat = Consultation.start(
-                service.assistant,
-                service.images.path(sha),
-                with_dicom(patient, context),
-                question or None,
-                store=store,
-                source=source,
-                dicom=dicom_reference(context, index),
-            )
-            service.database.audit(user.name, "create", chat.case.case_id, f"source={source}")
+                if frame is not None and frame > len(inputs):
+                    raise ApiError(422, "invalid_input", f"frame: {name} has {len(inputs)}")
+                index = None if frame is None else inputs[frame - 1][1]
+            store, chat = open_case(service, user, data, name, index, patient, question)
             return {
                 "case": store.summary(chat.case.case_id),
                 "report": chat.report.model_dump(mode="json"),
             }
 
         return await service.image_gate.run(consult)
+
+    def open_case(
+        service: Service,
+        user: Principal,
+        data: bytes,
+        name: str,
+        frame: int | None,
+        patient: Any,
+        question: str | None,
+    ) -> tuple[Any, Any]:
+        """Store an image (its pixels only) and consult it in a new case; a DICOM image's
+        patient context and UIDs join the case. Returns ``(store, consultation)``."""
+        from dermfm.assistant.conversation import Consultation
+        from dermfm.assistant.dicom import dicom_reference, with_dicom
+        from dermfm.errors import ImageError
+        from dermfm.io.dicom import is_dicom_bytes, read_dicom_context
+
+        context = None
+        source = name if frame is None else f"{name}#frame={frame + 1}"
+        try:
+            if is_dicom_bytes(data):
+                context = read_dicom_context(io.BytesIO(data), name)
+            # metadata (DICOM tags too) stripped before it is written
+            sha = service.images.put(data, name, frame=frame)
+        except ImageError as exc:
+            raise ApiError(422, "unsupported_image", str(exc)) from None
+        store = service.store(user)
+        chat = Consultation.start(
+            service.assistant,
+            service.images.path(sha),
+            with_dicom(patient, context),
+            question or None,
+            store=store,
+            source=source,
+            dicom=dicom_reference(context, frame),
+        )
+        service.database.audit(user.name, "create", chat.case.case_id, f"source={source}")
+        return store, chat
+
+    @app.post("/api/pacs/studies/{study_uid}", status_code=201)
+    async def open_study(
+        study_uid: str,
+        user: User,
+        service: Svc,
+        store_back: Annotated[
+            bool,
+            Query(description="Store each report in the study as a DICOM SR and a PDF."),
+        ] = False,
+    ) -> dict[str, Any]:
+        """Open a study of the configured PACS (DICOMweb): one case per photo (and frame),
+        each with the patient context of its DICOM object; ``store_back`` stores each complete
+        report in the study as a DICOM SR and an Encapsulated PDF. The PACS is the server's
+        (``--pacs``); a request only names a Study Instance UID."""
+        from dermfm.interop.dicomweb import (
+            Pacs,
+            PacsError,
+            check_uid,
+            encapsulated_pdf,
+            structured_report,
+        )
+        from dermfm.interop.fhir import report_pdf
+
+        if not service.settings.pacs_url:
+            raise ApiError(404, "not_configured", "no PACS: start the server with --pacs URL")
+        try:
+            check_uid(study_uid)
+        except PacsError as exc:
+            raise ApiError(422, "invalid_input", f"study_uid: {exc}") from None
+
+        def pull() -> dict[str, Any]:
+            from pydicom import dcmread
+
+            from dermfm.assistant.report import PatientDetails
+
+            pacs = Pacs(str(service.settings.pacs_url))
+            opened: list[dict[str, Any]] = []
+            try:
+                with pacs.pulled(study_uid) as study:
+                    for n, file in enumerate(study.files):
+                        data = file.read_bytes()
+                        name = f"study-{study_uid[-12:]}-{n + 1}.dcm"
+                        for _, frame in service.frames(data, name):
+                            store, chat = open_case(
+                                service, user, data, name, frame, PatientDetails(), None
+                            )
+                            stored: list[str] = []
+                            report = chat.report
+                            if store_back and report.status == "complete":
+                                source = dcmread(file, stop_before_pixels=True)
+                                made = [
+                                    structured_report(report, source),
+                                    encapsulated_pdf(report, source, report_pdf(report)),
+                                ]
+                                pacs.store(made)
+                                stored = [str(ds.SOPInstanceUID) for ds in made]
+                                service.database.audit(
+                                    user.name, "pacs_store", chat.case.case_id, "sr,pdf"
+                                )
+                            opened.append(
+                                {"case": store.summary(chat.case.case_id), "stored": stored}
+                            )
+            except PacsError as exc:
+                raise ApiError(502, "pacs_error", str(exc)) from None
+            if not opened:
+                raise ApiError(404, "not_found", f"study {study_uid} has no photo to consult")
+            return {"study_uid": study_uid, "cases": opened, "skipped": study.skipped}
+
+        return await service.image_gate.run(pull)
 
     @app.get("/api/cases")
     def list_cases(

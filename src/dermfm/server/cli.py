@@ -90,6 +90,15 @@ def serve_command(
             "(repeatable; 'assistant' for the assistant); default: the model's shipped ones.",
         ),
     ] = None,
+    pacs: Annotated[
+        str | None,
+        typer.Option(
+            "--pacs",
+            envvar="DERMFM_PACS",
+            help="DICOMweb base URL of the PACS whose studies users may open by Study Instance "
+            "UID, e.g. http://pacs:8042/dicom-web (docs/interop.md).",
+        ),
+    ] = None,
 ) -> None:
     """Run the REST API and the web app (one process; OpenAPI at /docs)."""
     import logging
@@ -116,6 +125,7 @@ def serve_command(
         batch_max=batch_max,
         batch_wait_ms=batch_wait_ms,
         forwarded_allow_ips=forwarded_allow_ips,
+        pacs_url=pacs,
     )
     try:
         app = create_app(settings)

@@ -44,6 +44,8 @@ class ServerSettings:
         forwarded_allow_ips: addresses of reverse proxies whose ``X-Forwarded-For`` and
             ``X-Forwarded-Proto`` headers are trusted (comma-separated, ``*`` for any); ``None``
             trusts none, so the client address is the TCP peer's.
+        pacs_url: DICOMweb base URL of the PACS that ``POST /api/pacs/studies/{uid}`` pulls
+            studies from and stores results in (``None``: no PACS). Requests never name a URL.
         adapters: packaged label-set name (``assistant`` for the assistant) -> adapter file
             (``dermfm adapt``) used for it; other label sets use the model's shipped adapter,
             if any. Requests never name adapter files.
@@ -71,6 +73,7 @@ class ServerSettings:
     address_failures_burst: int = 30
     address_failures_per_minute: float = 2.0
     forwarded_allow_ips: str | None = None
+    pacs_url: str | None = None
     adapters: dict[str, Path] = field(default_factory=dict)
 
     @property
