@@ -784,13 +784,15 @@ def fit_adapter(
     seed: int = 0,
     fitted_on: str = "",
     batch_size: int = 64,
+    stores: Sequence[str | Path] = (),
     show_progress: bool | None = None,
 ) -> Adapter:
     """Fit an :class:`Adapter` of ``model`` on labelled records (only those whose label is in
     the label set count), tune and calibrate it on ``val``, measure it against zero-shot on
     ``val`` and ``test``.
 
-    Embeddings come from the content-keyed cache (:func:`~dermfm.evaluate.tasks.embed_records`).
+    Embeddings come from the content-keyed cache (:func:`~dermfm.evaluate.tasks.embed_records`),
+    reading the embedding ``stores`` (``dermfm embed`` folders of ``model``) first.
 
     Args:
         labels: the label set (class labels are matched like ``dermfm eval`` does).
@@ -819,7 +821,9 @@ def fit_adapter(
             labelled = [labelled[i] for i in keep]
         if not labelled:
             continue
-        split = embed_records(model, labelled, batch_size, tta=tta, show_progress=show_progress)
+        split = embed_records(
+            model, labelled, batch_size, tta=tta, stores=stores, show_progress=show_progress
+        )
         embedded[name] = (split, targets(split.records, label_set))
     if "val" not in embedded:
         raise ValueError(f"no validation image carries a label of label set {label_set.name!r}")

@@ -81,11 +81,9 @@ def plan_index(n: int, dim: int, kind: str = "auto", memory: int | None = None) 
             f"HNSW{HNSW_M},Flat", "hnsw", hnsw, "HNSW graph: the raw vectors fit in the budget"
         )
     nlist = _ivf_lists(n)
-    choices = [m for m in (128, 96, 64, 48, 32, 24, 16, 8, 4) if m <= dim // 2 and dim % m == 0]
+    choices = [m for m in (64, 48, 32, 24, 16, 8, 4) if m <= dim // 2 and dim % m == 0]
     fitting = [m for m in choices if estimate_bytes("ivfpq", n, dim, m) <= budget]
     m = fitting[0] if fitting else choices[-1]
-    if memory is None:
-        m = min(m, 64)
     why = (
         f"IVF-PQ with OPQ: {m} bytes per vector fit the budget"
         if fitting

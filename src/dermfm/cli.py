@@ -90,6 +90,15 @@ TtaOpt = Annotated[
     ),
 ]
 
+StoreOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--store",
+        help="Embedding store (dermfm embed) of the model to read embeddings from instead of "
+        "embedding the images again (repeatable).",
+    ),
+]
+
 
 def _fail(message: str) -> typer.Exit:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
@@ -739,6 +748,7 @@ def eval_command(
         ),
     ] = None,
     tta: TtaOpt = False,
+    store: StoreOpt = None,
 ) -> None:
     """Benchmark models on datasets: metrics with 95% bootstrap intervals, calibration,
     subgroups, concepts, retrieval, probes and a leakage audit; writes JSON + Markdown/HTML."""
@@ -758,6 +768,8 @@ def eval_command(
         overrides["adapters"] = [a if a == "shipped" else str(Path(a).resolve()) for a in adapter]
     if tta:
         overrides["tta"] = True
+    if store:
+        overrides["stores"] = [str(p.resolve()) for p in store]
     try:
         if run_file is not None:
             if dataset:
@@ -842,6 +854,7 @@ def adapt_command(
     tta: TtaOpt = False,
     batch_size: BatchOpt = 64,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing adapter file.")] = False,
+    store: StoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Fit an adapter on labelled images: a class-balanced linear probe and a Tip-Adapter image
@@ -868,6 +881,7 @@ def adapt_command(
             max_per_class=max_per_class,
             fitted_on=f"{read.name}: {how}",
             batch_size=batch_size,
+            stores=store or (),
             show_progress=True,
         )
         fitted.save(output, overwrite=overwrite)
@@ -989,6 +1003,7 @@ def sae_train(
         typer.Option("--set", help="SAE setting key=value: n_latents, k, kind, epochs... "),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing SAE folder.")] = False,
+    store: StoreOpt = None,
 ) -> None:
     """Train a sparse autoencoder on the cached image embeddings of datasets' split."""
 
@@ -1008,6 +1023,7 @@ def sae_train(
             settings=settings,
             artifact_images=artifact_images,
             overwrite=overwrite,
+            stores=store or (),
             show_progress=True,
         )
     except (DermfmError, ValueError) as exc:

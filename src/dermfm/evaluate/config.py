@@ -119,6 +119,8 @@ class RunOptions:
     adapters: tuple[str, ...] = ()
     #: test-time augmentation of every embedding (flips and 90-degree rotations, averaged)
     tta: bool = False
+    #: embedding stores (``dermfm embed`` folders of the evaluated model) read before embedding
+    stores: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

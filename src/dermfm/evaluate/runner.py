@@ -184,6 +184,7 @@ class DatasetEvaluation:
                 self.options.batch_size,
                 cache=self.options.cache,
                 tta=self.options.tta,
+                stores=self.options.stores,
                 show_progress=self.show_progress,
             )
         return self._embedded[split]
@@ -550,6 +551,7 @@ class DatasetEvaluation:
                 opts.batch_size,
                 cache=opts.cache,
                 tta=opts.tta,
+                stores=opts.stores,
                 show_progress=self.show_progress,
             )
             for part in (evaluated, reference)

@@ -26,14 +26,16 @@ def embed_splits(
     datasets: Sequence[DatasetRecords],
     split: str,
     *,
+    stores: Sequence[str | Path] = (),
     show_progress: bool | None = None,
 ) -> EmbeddedSplit:
-    """Embeddings of ``split`` of every dataset, concatenated (cached by image content)."""
+    """Embeddings of ``split`` of every dataset, concatenated (content-keyed: read from the
+    embedding ``stores`` and the cache, only missing images embedded)."""
     records = [r for d in datasets for r in d.splits.get(split, [])]
     if not records:
         names = ", ".join(d.name for d in datasets)
         raise ValueError(f"no record in split {split!r} of {names}")
-    return embed_records(model, records, show_progress=show_progress)
+    return embed_records(model, records, stores=stores, show_progress=show_progress)
 
 
 def reconstruct(sae: Any, embeddings: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
@@ -159,10 +161,12 @@ def train_on_datasets(
     settings: dict[str, Any] | None = None,
     artifact_images: int = 0,
     overwrite: bool = False,
+    stores: Sequence[str | Path] = (),
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train an SAE on the embeddings of ``split`` of ``datasets`` (plus ``artifact_images``
     synthetic-artifact images), measure it on ``eval_split`` and write it to ``output``.
+    Embeddings are read from the embedding ``stores`` (``dermfm embed``) where they hold them.
 
     ``settings`` are :class:`~dermfm.interpret.sae.SAEConfig` fields (``d_in`` comes from the
     model). The SAE's metadata records the model, the data, the training report and the
@@ -174,7 +178,7 @@ def train_on_datasets(
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ValueError(f"{output}: already exists and is not empty (--overwrite replaces it)")
     config = SAEConfig.from_dict({**(settings or {}), "d_in": model.embed_dim})
-    train = embed_splits(model, datasets, split, show_progress=show_progress)
+    train = embed_splits(model, datasets, split, stores=stores, show_progress=show_progress)
     vectors = [train.vectors]
     if artifact_images:
         extra, _ = artifact_embeddings(
@@ -182,7 +186,9 @@ def train_on_datasets(
         )
         vectors.append(extra)
     evaluated = {
-        d.name: embed_records(model, d.splits[eval_split], show_progress=show_progress)
+        d.name: embed_records(
+            model, d.splits[eval_split], stores=stores, show_progress=show_progress
+        )
         for d in datasets
         if d.splits.get(eval_split)
     }
