@@ -218,7 +218,6 @@ def test_a_consultation_takes_the_patient_context_and_keeps_no_tag(
         assert secret not in heard
 
 
-@pytest.mark.slow  # a server with the tiny model: about a minute on a busy 2-core machine
 def test_rest_uploads_accept_dicom_and_store_no_tag(tmp_path: Path, tiny_open_clip: Path) -> None:
     import httpx
     from live_server import start_server

@@ -120,7 +120,6 @@ def test_the_prediction_set_is_the_coded_conclusion(sample_report) -> None:
     assert set(patient) == {"resourceType", "id"}  # no sex given: nothing
 
 
-@pytest.mark.slow  # the CLI builds a full assistant (skin check included): about a minute here
 def test_consult_writes_the_bundle(tmp_path: Path, tiny_open_clip: Path) -> None:
     from typer.testing import CliRunner
 

@@ -218,8 +218,15 @@ function choosePhoto(event) {
   chosenFile = file;
   byId("case-file-name").textContent = `Chosen: ${file.name}`;
   if (previewUrl) URL.revokeObjectURL(previewUrl);
-  previewUrl = URL.createObjectURL(file);
+  previewUrl = null;
   const preview = byId("case-preview");
+  if (/\.(dcm|dicom|dic)$/i.test(file.name) || file.type === "application/dicom") {
+    // a browser cannot show DICOM: the stored image is shown with the results
+    preview.hidden = true;
+    preview.removeAttribute("src");
+    return;
+  }
+  previewUrl = URL.createObjectURL(file);
   preview.src = previewUrl;
   preview.hidden = false;
 }
@@ -253,6 +260,29 @@ async function submitCase(event) {
     history.pushState(null, "", `#case/${encodeURIComponent(data.case.case_id)}`);
   } finally {
     setBusy(form, "busy", false);
+  }
+}
+
+/** Open a study of the server's PACS by its Study Instance UID: one case per photo; the first
+ * one is shown (the others are in the case history). */
+async function openStudy(event) {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const uid = form.elements.study_uid.value.trim();
+  if (!/^[0-9]+(\.[0-9]+)*$/.test(uid) || uid.length > 64) {
+    throw new Error("A Study Instance UID is digits and dots (at most 64 characters).");
+  }
+  const storeBack = form.elements.store_back.checked ? "true" : "false";
+  setBusy(form, "pacs-busy", true);
+  try {
+    const path = `/api/pacs/studies/${encodeURIComponent(uid)}?store_back=${storeBack}`;
+    const data = await api(path, { method: "POST" });
+    form.reset();
+    const first = data.cases[0].case.case_id;
+    await openCase(first);
+    history.pushState(null, "", `#case/${encodeURIComponent(first)}`);
+  } finally {
+    setBusy(form, "pacs-busy", false);
   }
 }
 
@@ -472,6 +502,14 @@ function candidateBar(candidate) {
       "div",
       { class: "bar-head" },
       el("span", { class: "name", testid: "candidate-name", text: candidate.name }),
+      candidate.icd10cm
+        ? el("span", {
+            class: "code",
+            testid: "candidate-code",
+            title: "ICD-10-CM code",
+            text: `ICD-10-CM ${candidate.icd10cm}`,
+          })
+        : null,
       candidate.in_prediction_set
         ? el("span", { class: "badge", testid: "in-set-badge", text: "◆ in prediction set" })
         : null,
@@ -686,6 +724,8 @@ async function sendMessage(event) {
 
 function renderDocuments() {
   const caseId = state.caseId;
+  const base = `/api/cases/${encodeURIComponent(caseId)}`;
+  const fhirTitle = "FHIR R4 bundle (JSON, for the health record)";
   byId("document-links").replaceChildren(
     ...DOCUMENTS.map(([kind, label]) =>
       el(
@@ -693,20 +733,31 @@ function renderDocuments() {
         {},
         el("span", { text: label }),
         FORMATS.map(([fmt, fmtLabel]) =>
-          documentLink(caseId, kind, fmt, `${label} (${fmtLabel})`, fmtLabel),
+          documentLink(
+            `${base}/documents/${kind}.${fmt}`,
+            `dermfm-${caseId}-${kind}.${fmt}`,
+            `doc-${kind}-${fmt}`,
+            `${label} (${fmtLabel})`,
+            fmtLabel,
+          ),
         ),
       ),
+    ),
+    el(
+      "li",
+      {},
+      el("span", { text: "FHIR R4 bundle" }),
+      documentLink(`${base}/fhir`, `dermfm-${caseId}-fhir.json`, "doc-fhir", fhirTitle, "JSON"),
     ),
   );
 }
 
-function documentLink(caseId, kind, fmt, title, text) {
-  const path = `/api/cases/${encodeURIComponent(caseId)}/documents/${kind}.${fmt}`;
+function documentLink(path, filename, testid, title, text) {
   const link = el("a", {
     class: "button",
     href: path,
-    download: `dermfm-${caseId}-${kind}.${fmt}`,
-    testid: `doc-${kind}-${fmt}`,
+    download: filename,
+    testid,
     title,
     "aria-label": title,
     text,
@@ -814,6 +865,7 @@ async function deleteCase(caseId) {
 function start() {
   byId("login-form").addEventListener("submit", guarded(signIn));
   byId("case-form").addEventListener("submit", guarded(submitCase));
+  byId("pacs-form").addEventListener("submit", guarded(openStudy));
   byId("chat-form").addEventListener("submit", guarded(sendMessage));
   byId("history-form").addEventListener(
     "submit",
