@@ -8,8 +8,12 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from dicom_samples import (
@@ -218,22 +222,31 @@ def test_a_consultation_takes_the_patient_context_and_keeps_no_tag(
         assert secret not in heard
 
 
-def test_rest_uploads_accept_dicom_and_store_no_tag(tmp_path: Path, tiny_open_clip: Path) -> None:
-    import httpx
+@contextmanager
+def signed_in_server(data: Path, user: str, **settings: Any) -> Iterator[tuple[httpx.Client, Path]]:
+    """A server (in this process) with ``settings`` and a client signed in as ``user``."""
     from live_server import start_server
 
     from dermfm.server.settings import ServerSettings
     from dermfm.server.store import Database
 
-    data = tmp_path / "server"
-    url, server, thread = start_server(data, model=str(tiny_open_clip), batch_max=1)
+    url, server, thread = start_server(data, **settings)
     try:
         database = Database(ServerSettings(data_dir=data).url)
-        database.create_user("ann", "clinician", "a long pass phrase 1")
-        token = database.create_token("ann", days=1, kind="api")[0]
-        client = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300
-        )
+        database.create_user(user, "clinician", f"a long pass phrase of {user}")
+        token = database.create_token(user, days=1, kind="api")[0]
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
+            yield client, data
+        database.close()
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def test_rest_uploads_accept_dicom_and_store_no_tag(tmp_path: Path, tiny_open_clip: Path) -> None:
+    model = str(tiny_open_clip)
+    with signed_in_server(tmp_path / "server", "ann", model=model, batch_max=1) as (client, data):
         multi = io.BytesIO()
         make_photo(None, syntax="jpeg", frames=2).save_as(multi, enforce_file_format=True)
         files = {"image": ("series.dcm", multi.getvalue(), "application/dicom")}
@@ -248,13 +261,8 @@ def test_rest_uploads_accept_dicom_and_store_no_tag(tmp_path: Path, tiny_open_cl
         assert report["patient"]["age"] == 45 and report["patient"]["sex"] == "male"
         assert report["patient"]["site"] == "back" and report["dicom"]["frame"] == 2
         assert answer.json()["case"]["source"] == "series.dcm#frame=2"
-        broken = io.BytesIO()
-        _truncated_bytes = multi.getvalue()[:600]
-        broken.write(_truncated_bytes)
-        answer = client.post("/api/concepts", files={"image": ("cut.dcm", broken.getvalue())})
+        cut = multi.getvalue()[:600]
+        answer = client.post("/api/concepts", files={"image": ("cut.dcm", cut)})
         assert answer.status_code == 422 and answer.json()["error"]["message"].startswith("cut.dcm")
         stored = b"".join(p.read_bytes() for p in data.rglob("*") if p.is_file())
         assert stored and not any(s.encode() in stored for s in SECRETS)
-    finally:
-        server.should_exit = True
-        thread.join()

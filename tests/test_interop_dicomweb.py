@@ -19,11 +19,11 @@ import httpx
 import numpy as np
 import pytest
 from dicom_samples import DERMOSCOPIC, PATIENT_ID, PATIENT_NAME, make_photo
-from live_server import free_port
+from live_server import free_port, stop_process
 from pydicom.multival import MultiValue
 from pydicom.uid import generate_uid
 from pypdf import PdfReader
-from test_interop_dicom import lesion_pixels
+from test_interop_dicom import lesion_pixels, signed_in_server
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -74,12 +74,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.1)
         yield f"{base}/dicom-web"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -210,21 +205,12 @@ def test_the_cli_consults_a_study(orthanc: str, tiny_open_clip: Path) -> None:
 def test_the_server_opens_a_study_of_its_pacs(
     orthanc: str, tmp_path: Path, tiny_open_clip: Path
 ) -> None:
-    from live_server import start_server
-
-    from dermfm.server.settings import ServerSettings
-    from dermfm.server.store import Database
-
     study, _ = upload_study(orthanc)
-    data = tmp_path / "server"
-    url, server, thread = start_server(data, model=str(tiny_open_clip), pacs_url=orthanc)
-    try:
-        database = Database(ServerSettings(data_dir=data).url)
-        database.create_user("pat", "clinician", "a long pass phrase 2")
-        token = database.create_token("pat", days=1, kind="api")[0]
-        client = httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=600
-        )
+    model = str(tiny_open_clip)
+    with signed_in_server(tmp_path / "server", "pat", model=model, pacs_url=orthanc) as (
+        client,
+        data,
+    ):
         answer = client.post(f"/api/pacs/studies/{study}")
         assert answer.status_code == 201, answer.text
         cases = answer.json()["cases"]
@@ -238,6 +224,3 @@ def test_the_server_opens_a_study_of_its_pacs(
         assert client.post("/api/pacs/studies/1.2.3.4").status_code == 502
         stored = b"".join(p.read_bytes() for p in data.rglob("*") if p.is_file())
         assert PATIENT_NAME.encode() not in stored and PATIENT_ID.encode() not in stored
-    finally:
-        server.should_exit = True
-        thread.join()

@@ -4,6 +4,7 @@ a free loopback port, driven by Playwright with Debian's Chromium (never a downl
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -193,6 +194,9 @@ def test_upload_shows_the_differential_concepts_and_triage(
     expect(bars.get_by_test_id("candidate-probability")).to_have_text(
         [percent(c["probability"]) for c in candidates]
     )
+    expect(bars.get_by_test_id("candidate-code")).to_have_text(
+        [f"ICD-10-CM {c['icd10cm']}" for c in candidates if c["icd10cm"]]
+    )
     in_set = [c["label"] for c in candidates if c["in_prediction_set"]]
     assert in_set, "the melanoma image should have a prediction set member in the differential"
     marked = page.locator("[data-testid=candidate][data-in-set=true]")
@@ -302,6 +306,11 @@ def test_documents_download_through_real_links(
     text = Path(md.value.path()).read_text(encoding="utf-8")
     assert md.value.suggested_filename.endswith("-referral.md")
     assert text.strip() and not text.startswith("%PDF")
+    with page.expect_download() as fhir:
+        page.get_by_test_id("doc-fhir").click()
+    assert fhir.value.suggested_filename == f"dermfm-{case_id}-fhir.json"
+    bundle = json.loads(Path(fhir.value.path()).read_text(encoding="utf-8"))
+    assert bundle["resourceType"] == "Bundle" and bundle["entry"][0]["resource"]["presentedForm"]
 
 
 def _fits_the_phone(phone: Any) -> None:
