@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def test_ray_engine_matches_local_and_resumes_after_sigkill(
         textwrap.dedent(
             INNER.format(
                 tests=str(Path(__file__).parent),
-                temp=str(tmp_path / "ray"),
+                temp=tempfile.mkdtemp(prefix="dermfm-ray-", dir="/tmp"),  # short socket paths
                 model=str(tiny_open_clip),
                 images=str(images),
                 store=str(tmp_path / "ray-store"),

@@ -249,6 +249,7 @@ class Index:
         from dermfm.store import EmbeddingStore
 
         folder = Path(folder)
+        cls._clear(folder, overwrite)
         opened = EmbeddingStore.open(store)
         if isinstance(model, DermModel):
             loaded = model
@@ -260,7 +261,6 @@ class Index:
                 precision=wrote.get("precision", "fp32"),
             )
         opened.check_model(loaded)
-        cls._clear(folder, overwrite)
         dim = opened.embed_dim
         n = sum(len(v) for v, _ in opened.iter_vectors())
         if n == 0:
