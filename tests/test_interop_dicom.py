@@ -184,7 +184,9 @@ def test_a_consultation_takes_the_patient_context_and_keeps_no_tag(
     mode = config.settings.writing_validation_mode
     config.settings.writing_validation_mode = config.IGNORE
     try:
-        ds.PatientAge = "52 years " + PATIENT_NAME
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.PatientAge = "52 years " + PATIENT_NAME
         ds.save_as(path, enforce_file_format=True)
     finally:
         config.settings.writing_validation_mode = mode
