@@ -19,16 +19,27 @@ skin types:
 ``--tune`` re-applies the rules (:func:`dermfm.assistant.rules.triage`, the same function) to
 the validation split's differentials with other thresholds for the two image rules of the
 urgent level (``malignant-candidate``: ``top_k`` and ``min_probability``; ``malignant-mass``:
-``min_probability``) and picks, **on validation images only**: among the settings whose
-over-triage is at most ``--budget`` (0.25) in every source and group, the one with the highest
-lowest recall (ties: the lower highest over-triage). It prints every setting on the Pareto front
-and writes the choice to ``docs/assistant_rule_tuning.json``; the thresholds in
-``src/dermfm/assistant/rules.yaml`` are then set from it by hand (they are data, reviewed).
+``min_probability``) and picks, **on validation images only**, safety first: among the settings
+whose recall is at least ``--recall`` (0.95) in every source and skin-type group (of at least 20
+cases), the one with the lowest highest over-triage (ties: the higher lowest recall); when no
+setting reaches the floor, it is lowered in steps of 0.05 until one does (the output says which
+floor was used). It prints the Pareto front and writes the choice to
+``docs/assistant_rule_tuning.json``; the thresholds in ``src/dermfm/assistant/rules.yaml`` are
+then set from it by hand (they are data, reviewed).
 
 Without ``--tune`` the script writes ``docs/assistant_safety.json`` and regenerates the table
 between the ``safety-table`` markers of ``docs/assistant.md``.
 
-    python scripts/measure_assistant_safety.py [--split test] [--per-dataset N] [--tune]
+``--benign-per-dataset N`` consults every malignant (and premalignant) image but only an evenly
+spread N of each source's benign ones: recall stays over all malignant cases, over-triage is
+then measured on that sample (the output says so).
+
+``--cases FILE`` keeps the consultations (their differentials) in a pickle: a later run with
+the same file re-applies the current rules without consulting again (rules are a pure function
+of the differential), e.g. after setting the thresholds that ``--tune`` chose.
+
+    python scripts/measure_assistant_safety.py [--split test] [--per-dataset N]
+        [--benign-per-dataset N] [--cases FILE] [--tune]
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +78,9 @@ SKIN_GROUPS = {
     "VI": "V-VI",
 }
 URGENT = ("urgent", "emergency")
+#: groups with fewer malignant (for recall) or benign (for over-triage) validation cases do not
+#: steer the tuning: a rate over a handful of photos is noise (they are still reported)
+MIN_GROUP = 20
 DOC = Path("docs/assistant.md")
 MARKERS = ("<!-- safety-table:start -->", "<!-- safety-table:end -->")
 # the tuning grid of the two image rules of the urgent level
@@ -99,7 +114,11 @@ def is_malignant(metadata: dict[str, str], label: str | None, ontology: Ontology
 
 
 def consult_split(
-    assistant: Assistant, root: str, split: str, per_dataset: int | None
+    assistant: Assistant,
+    root: str,
+    split: str,
+    per_dataset: int | None,
+    benign_per_dataset: int | None = None,
 ) -> list[Case]:
     """One consultation per image of ``split`` in every source."""
     ontology = load_ontology()
@@ -108,6 +127,14 @@ def consult_split(
         records = read_dataset(source, root).splits.get(split, [])
         if per_dataset:
             records = records[:: max(1, len(records) // per_dataset)][:per_dataset]
+        if benign_per_dataset:
+            benign = [r for r in records if is_malignant(r.metadata, r.label, ontology) is False]
+            step = max(1, len(benign) // benign_per_dataset)
+            kept, benign_ids = (
+                {id(r) for r in benign[::step][:benign_per_dataset]},
+                set(map(id, benign)),
+            )
+            records = [r for r in records if id(r) in kept or id(r) not in benign_ids]
         with progress(f"{source} {split}", len(records), True) as advance:
             for record in records:
                 report = assistant.consult(record.image)
@@ -173,7 +200,7 @@ def variant(rules: Sequence[Rule], top_k: int, min_p: float, mass: float) -> lis
     return out
 
 
-def tune(assistant: Assistant, cases: Sequence[Case], budget: float) -> dict:
+def tune(assistant: Assistant, cases: Sequence[Case], recall: float) -> dict:
     """Every threshold setting scored on ``cases`` (validation), the Pareto front and the pick."""
     patient = PatientDetails()
     scored = []
@@ -185,12 +212,14 @@ def tune(assistant: Assistant, cases: Sequence[Case], budget: float) -> dict:
         ]
         rows = table(cases, flags)
         recalls = [
-            r["recall"] for r in rows.values() if r["recall"] is not None and r["malignant"] >= 5
+            r["recall"]
+            for r in rows.values()
+            if r["recall"] is not None and r["malignant"] >= MIN_GROUP
         ]
         overs = [
             r["over_triage"]
             for r in rows.values()
-            if r["over_triage"] is not None and r["benign"] >= 5
+            if r["over_triage"] is not None and r["benign"] >= MIN_GROUP
         ]
         scored.append(
             {
@@ -212,20 +241,33 @@ def tune(assistant: Assistant, cases: Sequence[Case], budget: float) -> dict:
             for o in scored
         )
     ]
-    within = [s for s in scored if s["highest_over_triage"] <= budget]
-    pick = max(within or scored, key=lambda s: (s["lowest_recall"], -s["highest_over_triage"]))
-    return {"budget": budget, "pareto_front": front, "chosen": pick, "settings": len(scored)}
+    used = recall  # no setting reaches the floor: it is lowered in steps of 0.05, never dropped
+    while not (within := [s for s in scored if s["lowest_recall"] >= used - 1e-9]):
+        used = round(used - 0.05, 2)
+    pick = min(within, key=lambda s: (s["highest_over_triage"], -s["lowest_recall"]))
+    return {
+        "recall_floor": recall,
+        "recall_floor_used": used,
+        "pareto_front": front,
+        "chosen": pick,
+        "settings": len(scored),
+    }
 
 
-def markdown(rows: dict[str, dict], split: str, cases: int) -> str:
+def markdown(rows: dict[str, dict], split: str, cases: int, benign_cap: int | None) -> str:
     """The Markdown table of ``rows`` for docs/assistant.md."""
 
     def rate(value: float | None, count: int) -> str:
         return "-" if value is None else f"{100 * value:.1f}% of {count}"
 
     lines = [
-        f"{cases} {split} images, every image of every source's {split} split, image only (no "
-        "patient details); `docs/assistant_safety.json`:",
+        f"{cases} {split} images: every image of every source's {split} split"
+        + (
+            f" except benign ones, of which {benign_cap} per source (evenly spread)"
+            if benign_cap
+            else ""
+        )
+        + ", image only (no patient details); `docs/assistant_safety.json`:",
         "",
         "| source / skin type | malignant | urgent-flag recall | refused among malignant "
         "| benign | over-triage (benign flagged) | photos refused |",
@@ -247,14 +289,27 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data")
     parser.add_argument("--split", default=None, help="default: test (val with --tune)")
     parser.add_argument("--per-dataset", type=int, default=None)
+    parser.add_argument("--benign-per-dataset", type=int, default=None)
+    parser.add_argument("--cases", type=Path, help="pickle of the consultations (reused)")
     parser.add_argument("--tune", action="store_true")
-    parser.add_argument("--budget", type=float, default=0.25, help="over-triage bound (--tune)")
+    parser.add_argument("--recall", type=float, default=0.95, help="recall floor (--tune)")
     args = parser.parse_args()
     split = args.split or ("val" if args.tune else "test")
     assistant = Assistant()
-    cases = consult_split(assistant, args.root, split, args.per_dataset)
+    if args.cases and args.cases.is_file():
+        cases = pickle.loads(args.cases.read_bytes())
+        patient = PatientDetails()
+        for case in cases:  # the current rules on the stored differentials
+            verdict = triage(assistant.rules, case.differential, patient)
+            case.urgent = case.differential is not None and verdict.level in URGENT
+    else:
+        cases = consult_split(
+            assistant, args.root, split, args.per_dataset, args.benign_per_dataset
+        )
+        if args.cases:
+            args.cases.write_bytes(pickle.dumps(cases))
     if args.tune:
-        result = tune(assistant, cases, args.budget)
+        result = tune(assistant, cases, args.recall)
         out = Path("docs/assistant_rule_tuning.json")
         out.write_text(json.dumps({"split": split, **result}, indent=2) + "\n", encoding="utf-8")
         seen = set()
@@ -267,6 +322,7 @@ def main() -> None:
                 f"{s['lowest_recall']:.3f}, highest over-triage {s['highest_over_triage']:.3f}"
             )
         print("chosen:", json.dumps({k: result["chosen"][k] for k in list(result["chosen"])[:4]}))
+        print(f"recall floor {result['recall_floor']}, used {result['recall_floor_used']}")
         return
     rows = table(cases)
     try:
@@ -278,9 +334,15 @@ def main() -> None:
     except ImportError:
         pass
     Path("docs/assistant_safety.json").write_text(
-        json.dumps({"split": split, "groups": rows}, indent=2) + "\n", encoding="utf-8"
+        json.dumps(
+            {"split": split, "benign_per_dataset": args.benign_per_dataset, "groups": rows},
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
     )
-    text = markdown({k: v for k, v in rows.items() if "recall" in v}, split, len(cases))
+    shown = {k: v for k, v in rows.items() if "recall" in v}
+    text = markdown(shown, split, len(cases), args.benign_per_dataset)
     doc = DOC.read_text(encoding="utf-8")
     start, end = doc.index(MARKERS[0]) + len(MARKERS[0]), doc.index(MARKERS[1])
     DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:], encoding="utf-8")

@@ -29,5 +29,8 @@ step "model-card figures (docs/model_card_results.*)"
 $py scripts/evaluate_model_card.py --root "$root"
 step "artifact suppression figures (docs/artifact_suppression.json)"
 $py scripts/measure_artifact_suppression.py
-step "assistant safety figures (docs/assistant_safety.json)"
-$py scripts/measure_assistant_safety.py --root "$root"
+step "assistant safety figures (docs/assistant_safety.json, the table in docs/assistant.md)"
+# the urgent rules' thresholds are data: re-tune them on validation splits with
+#   $py scripts/measure_assistant_safety.py --tune --root "$root"
+# and set src/dermfm/assistant/rules.yaml from docs/assistant_rule_tuning.json by hand
+$py scripts/measure_assistant_safety.py --root "$root" --benign-per-dataset 120
