@@ -62,12 +62,13 @@ def test_ray_engine_matches_local_and_resumes_after_sigkill(
     embed_source(images, local, oc_model, shard_size=3, batch_size=2)
     killed = tmp_path / "killed"
     killed.mkdir()
+    temp = tempfile.mkdtemp(prefix="dermfm-ray-", dir="/tmp")  # short socket paths
     script = tmp_path / "inner.py"
     script.write_text(
         textwrap.dedent(
             INNER.format(
                 tests=str(Path(__file__).parent),
-                temp=tempfile.mkdtemp(prefix="dermfm-ray-", dir="/tmp"),  # short socket paths
+                temp=temp,
                 model=str(tiny_open_clip),
                 images=str(images),
                 store=str(tmp_path / "ray-store"),
@@ -76,14 +77,17 @@ def test_ray_engine_matches_local_and_resumes_after_sigkill(
         )
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    done = subprocess.run(
-        ["unshare", "-n", sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=1200,
-    )
+    try:
+        done = subprocess.run(
+            ["unshare", "-n", sys.executable, str(script)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=1200,
+        )
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-4000:]
     by_local, by_ray = _rows(local), _rows(tmp_path / "ray-store")
     assert sorted(by_local) == sorted(by_ray)

@@ -6,6 +6,7 @@ or Ray (Ray Data reads the source, one model per actor). Both embed through
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -260,7 +261,7 @@ class RayEmbedder:
             SourceItem.from_row(
                 {k: _plain(batch[k][i]) for k in ("id", "path", "label", "caption", "split")}
                 | {"mask_box": _plain(batch["mask_box"][i])},
-                data=bytes(batch["data"][i]) if batch["read_error"][i] is None else None,
+                data=bytes(batch["data"][i]) if _plain(batch["read_error"][i]) is None else None,
             )
             for i in range(n)
         ]
@@ -274,7 +275,7 @@ class RayEmbedder:
         out = {c: np.asarray(table[c].to_pylist(), dtype=object) for c in table.column_names}
         errors = list(out["error"])
         for i in range(n):
-            if batch["read_error"][i] is not None:  # the bytes could not be read by Ray Data
+            if _plain(batch["read_error"][i]) is not None:  # Ray Data could not read the bytes
                 errors[i] = str(batch["read_error"][i])
         out["error"] = np.asarray(errors, dtype=object)
         vectors = np.zeros((n, self.model.embed_dim), np.float32)
@@ -290,10 +291,12 @@ class RayEmbedder:
 
 
 def _plain(value: Any) -> Any:
-    """A numpy scalar or ``None`` from a Ray batch as a plain Python value."""
+    """A numpy scalar, ``None`` or a NaN standing for ``None`` (Ray Data's conversion of
+    missing values) from a Ray batch as a plain Python value."""
     if value is None:
         return None
-    return value.item() if hasattr(value, "item") else value
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def _expand_unit(row: dict[str, Any], units: dict[str, Unit]) -> list[dict[str, Any]]:
