@@ -72,8 +72,8 @@ def test_benign_differential_is_routine_with_the_default_advice() -> None:
         _cand(1, "nevus", 0.7, "benign"),
         _cand(2, "lentigo", 0.2, "benign"),
         _cand(3, "seborrheic keratosis", 0.05, "benign"),
-        _cand(4, "melanoma", 0.02, "malignant", "urgent"),
-        malignant_mass=0.02,
+        _cand(4, "melanoma", 0.01, "malignant", "urgent"),  # below malignant-candidate's 0.02
+        malignant_mass=0.01,
     )
     result = triage(RULES, dx, PatientDetails())
     assert result.level == "routine"

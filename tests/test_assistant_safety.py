@@ -50,6 +50,11 @@ def _malignant_cases(root: Path, per_dataset: int | None) -> list[tuple[Path, st
 
 def _check_ranked_high_are_urgent(assistant: Assistant, cases: list[tuple[Path, str]]) -> None:
     ontology = load_ontology()
+    # "ranked high" as rules.yaml's malignant-candidate rule defines it (thresholds tuned on
+    # validation splits); what the flag does for all malignant cases is measured by
+    # scripts/measure_assistant_safety.py (docs/assistant.md)
+    rule = next(r for r in assistant.rules if r.id == "malignant-candidate")
+    top_k, min_probability = rule.when[0]["top_k"], rule.when[0]["min_probability"]
     ranked_high = 0
     missed = []
     for image, truth in cases:
@@ -57,7 +62,10 @@ def _check_ranked_high_are_urgent(assistant: Assistant, cases: list[tuple[Path, 
         if report.differential is None:
             continue
         accepted = {truth, *(n.id for n in ontology.descendants(truth))}
-        if any(c.node in accepted for c in report.differential.candidates[:3]):
+        if any(
+            c.node in accepted and c.rank <= top_k and c.probability >= min_probability
+            for c in report.differential.candidates
+        ):
             ranked_high += 1
             if report.triage.level not in URGENT:
                 missed.append((image.name, truth, report.triage.level))
