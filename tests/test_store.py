@@ -163,9 +163,7 @@ def _cli(*args: str) -> list[str]:
 def _run_killed(command: list[str], store: Path, after_shards: int) -> None:
     """Start ``command`` and SIGKILL it once ``after_shards`` shards exist (or at exit)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if len(list((store / "shards").glob("*.parquet"))) >= after_shards:
