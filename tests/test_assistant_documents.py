@@ -228,14 +228,24 @@ def test_report_has_every_section_with_the_findings(sample_report) -> None:
     assert table[0] == [
         "Rank",
         "Name",
+        "ICD-10-CM",
         "Category",
         "Probability",
         "In prediction set",
         "Malignancy",
     ]
-    assert table[1] == ["1", "melanoma", "malignant melanocytic lesion", "0.46", "yes", "malignant"]
+    assert table[1] == [
+        "1",
+        "melanoma",
+        "-",  # the fixture's candidates carry no code (codes: tests/test_interop_codes.py)
+        "malignant melanocytic lesion",
+        "0.46",
+        "yes",
+        "malignant",
+    ]
     assert table[3][1:] == [
         "seborrheic keratosis",
+        "-",
         "benign keratinocytic lesion",
         "0.12",
         "no",
@@ -278,7 +288,8 @@ def test_report_states_context_image_only_differential_and_writer_fallback(sampl
     )
     assert "Context used" in _headings(md) and "Question" in _headings(md)
     assert "re-weighted the differential: age: 54; site: back" in md
-    assert ["1", "melanocytic nevus", "-", "0.52", "no", "unknown"] in _blocks(md, "table")[1][0]
+    row = ["1", "melanocytic nevus", "-", "-", "0.52", "no", "unknown"]  # no code, no category
+    assert row in _blocks(md, "table")[1][0]
     assert "openai:gpt-x did not answer in 30 s" in md and "Is it serious?" in md
 
 

@@ -411,11 +411,13 @@ def test_staged_recipe_warm_starts_each_stage_and_resizes_progressively(
         load_stages(recipe)
 
 
-def test_packaged_bundled_recipe_has_both_stages_on_all_six_sources() -> None:
+def test_packaged_bundled_recipe_has_its_three_stages_on_all_six_sources() -> None:
     from dermfm.train import load_stages
 
-    (_, first), (_, second) = load_stages("bundled")
-    assert first.model.init == "parts" and second.model.init == "previous"
+    (_, first), (_, second), (_, third) = load_stages("bundled")
+    assert first.model.init == "parts" and second.model.init == third.model.init == "previous"
     assert second.model.image_size == 224 and second.model.frozen_image_blocks == 0
     assert max(second.model.resize_schedule.values()) == 224
     assert len(second.data.sources) == 6 and second.run.precision == "bf16"
+    assert third.model.image_size == 224 and not third.model.resize_schedule
+    assert third.data.sources == second.data.sources and third.run.precision == "fp32"
