@@ -80,6 +80,17 @@ def dermfm_command() -> str:
     return found
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate a server process still running (kill it if it does not exit within 15 s)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def free_port() -> int:
     """A TCP port nothing listens on at the moment, on 127.0.0.1."""
     with socket.socket() as sock:
@@ -138,12 +149,7 @@ class Server:
 
     def stop(self) -> None:
         """Terminate the process (kill it if it does not exit within 15 s)."""
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
     def __enter__(self) -> Server:
         return self

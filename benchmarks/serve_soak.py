@@ -89,7 +89,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from rich.console import Console
 from rich.table import Table
-from serve_load import dermfm_command, free_port  # the sibling benchmark's server start-up
+from serve_load import dermfm_command, free_port, stop_process  # sibling start-up helpers
 
 OPS = ("consult", "chat", "report.pdf", "soap.md", "list")
 DEFAULT_MIX = "consult=2,chat=3,report.pdf=1,soap.md=1,list=1"
@@ -266,13 +266,7 @@ class Server:
 
     def stop(self) -> None:
         """Terminate the process (kill it if it does not exit within 15 s)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def _proc_status(pid: int, key: str) -> int:
