@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import torch
 from dicom_samples import (
     BIRTH_DATE,
     COLOURS,
@@ -268,3 +269,19 @@ def test_rest_uploads_accept_dicom_and_store_no_tag(tmp_path: Path, tiny_open_cl
         assert answer.status_code == 422 and answer.json()["error"]["message"].startswith("cut.dcm")
         stored = b"".join(p.read_bytes() for p in data.rglob("*") if p.is_file())
         assert stored and not any(s.encode() in stored for s in SECRETS)
+
+
+def test_evaluation_embeds_a_dicom_record_like_its_pixels(tmp_path: Path, oc_model) -> None:
+    """``dermfm eval`` (and adapters, SAE training) embed records through ``embed_records``: a
+    lossless DICOM photo gives the vector of the same pixels stored as PNG."""
+    from dermfm.data import Record
+    from dermfm.evaluate.tasks import embed_records
+
+    make_photo(tmp_path / "lesion.dcm", syntax="native")
+    pixels = np.asarray(dermfm.io.load_image(tmp_path / "lesion.dcm"))
+    Image.fromarray(pixels).save(tmp_path / "lesion.png")
+    names = ("lesion.dcm", "lesion.png")
+    records = [Record(image=str(tmp_path / n), label="melanoma") for n in names]
+    split = embed_records(oc_model, records)
+    assert len(split.records) == 2
+    assert torch.allclose(split.vectors[0], split.vectors[1], atol=1e-6)
