@@ -89,6 +89,14 @@ TtaOpt = Annotated[
         "of each image (8x the compute).",
     ),
 ]
+FastDecodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fast-decode",
+        help="Decode camera-size JPEGs at a reduced scale (several times faster; scores differ "
+        "slightly from the default full-resolution decode, docs/benchmarks.md).",
+    ),
+]
 
 StoreOpt = Annotated[
     list[Path] | None,
@@ -227,6 +235,7 @@ def diagnose(
     adapter: AdapterOpt = None,
     no_adapter: NoAdapterOpt = False,
     tta: TtaOpt = False,
+    fast_decode: FastDecodeOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Differential diagnosis of skin images (zero-shot, or an adapter's calibrated
@@ -251,7 +260,12 @@ def diagnose(
     except (DermfmError, ValueError) as exc:
         raise _fail(str(exc)) from None
     results = clf.diagnose(
-        paths, top_k=top_k, batch_size=batch_size, show_progress=len(paths) > 1, tta=tta
+        paths,
+        top_k=top_k,
+        batch_size=batch_size,
+        show_progress=len(paths) > 1,
+        tta=tta,
+        fast_decode=fast_decode,
     )
     if json_out:
         _print_json([r.to_dict() for r in results])
@@ -289,6 +303,8 @@ def _print_diagnosis(r: Any) -> None:
         out.print(f"  adapter: {r.adapter}", highlight=False)
     if r.tta:
         out.print("  test-time augmentation: embedding averaged over 8 flipped/rotated views")
+    if r.fast_decode:
+        out.print("  fast decode: JPEG decoded at a reduced scale (not the reference decode)")
 
 
 @app.command()

@@ -57,6 +57,9 @@ class Diagnosis:
     adapter: str | None = None
     #: whether the image embedding averaged the test-time augmentation views
     tta: bool = False
+    #: whether the image was decoded at a reduced JPEG scale (``False``: full resolution, the
+    #: reference decode)
+    fast_decode: bool = False
     error: str | None = None
 
     @property

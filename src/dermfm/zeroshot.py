@@ -168,11 +168,16 @@ class ZeroShotClassifier:
         ]
 
     def summarise(
-        self, source: str, probs: torch.Tensor, top_k: int = 5, tta: bool = False
+        self,
+        source: str,
+        probs: torch.Tensor,
+        top_k: int = 5,
+        tta: bool = False,
+        fast_decode: bool = False,
     ) -> Diagnosis:
         """The :class:`Diagnosis` of one image from its class probabilities ``(n_classes,)``
         (top-k predictions, ontology roll-up, malignancy and urgency mass, entropy, margin);
-        ``tta`` records that its embedding averaged the test-time augmentation views."""
+        ``tta`` and ``fast_decode`` record how its embedding was computed."""
         classes = self.label_set.classes
         order = torch.argsort(probs, descending=True).tolist()
         predictions = [
@@ -216,6 +221,7 @@ class ZeroShotClassifier:
             suppressed=sorted(set(self.suppressor.artifacts)) if self.suppressor else [],
             adapter=self.adapter.describe() if self.adapter else None,
             tta=tta,
+            fast_decode=fast_decode,
         )
 
     def diagnose(
@@ -225,12 +231,19 @@ class ZeroShotClassifier:
         batch_size: int = 32,
         show_progress: bool | None = None,
         tta: bool = False,
+        fast_decode: bool = False,
     ) -> list[Diagnosis]:
         """One :class:`Diagnosis` per input, in order; unreadable inputs carry ``error``.
         ``tta``: average the embeddings of flipped and rotated views of each image
-        (:meth:`~dermfm.models.DermModel.encode_images`)."""
+        (:meth:`~dermfm.models.DermModel.encode_images`). ``fast_decode``: decode large JPEGs at
+        a reduced scale (:meth:`~dermfm.models.DermModel.embed_images`; default: full
+        resolution, the reference decode)."""
         embedded = self.model.embed_images(
-            images, batch_size=batch_size, show_progress=show_progress, tta=tta
+            images,
+            batch_size=batch_size,
+            show_progress=show_progress,
+            tta=tta,
+            fast_decode=fast_decode,
         )
         probs = self.predict_proba(embedded.vectors) if embedded.ok else None
         row = {i: r for r, i in enumerate(embedded.ok)}
@@ -246,7 +259,7 @@ class ZeroShotClassifier:
                     )
                 )
             else:
-                results.append(self.summarise(source, probs[row[i]], top_k, tta))
+                results.append(self.summarise(source, probs[row[i]], top_k, tta, fast_decode))
         return results
 
 
@@ -262,6 +275,7 @@ def diagnose(
     suppress_artifacts: bool | str | Path = False,
     adapter: AdapterSpec = True,
     tta: bool = False,
+    fast_decode: bool = False,
 ) -> Diagnosis | list[Diagnosis]:
     """Differential diagnosis in one call.
 
@@ -275,6 +289,8 @@ def diagnose(
     ``adapter``: ``True`` (default) uses the adapter shipped with the model for this label set
     when there is one, a path or :class:`~dermfm.adapters.Adapter` that adapter, ``False``
     none. ``tta``: test-time augmentation (flips and 90-degree rotations, embeddings averaged).
+    ``fast_decode``: decode camera-size JPEGs at a reduced scale (faster; the default full
+    resolution decode is the reference, docs/benchmarks.md measures the difference).
     """
     batch, single = as_batch(images)
     model = resolve_model(model)
@@ -288,6 +304,11 @@ def diagnose(
         model, labels, templates, temperature, suppressor=suppressor, adapter=adapter
     )
     results = clf.diagnose(
-        batch, top_k=top_k, batch_size=batch_size, show_progress=show_progress, tta=tta
+        batch,
+        top_k=top_k,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        tta=tta,
+        fast_decode=fast_decode,
     )
     return results[0] if single else results

@@ -165,12 +165,12 @@ class DermModel(ABC):
         return torch.cat(chunks)
 
     def prepare(
-        self, image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = False
+        self, image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, fast_decode: bool = False
     ) -> torch.Tensor:
         """One image decoded, validated and preprocessed into this model's ``(3, H, W)`` input
-        (``draft``: see :meth:`embed_images`). Raises :class:`ImageError`."""
+        (``fast_decode``: see :meth:`embed_images`). Raises :class:`ImageError`."""
         rgb = load_image(
-            image, max_pixels=max_pixels, draft_size=2 * self.image_size if draft else None
+            image, max_pixels=max_pixels, draft_size=2 * self.image_size if fast_decode else None
         )
         try:
             return self.preprocess(rgb)
@@ -184,22 +184,24 @@ class DermModel(ABC):
         batch_size: int = 32,
         workers: int = 4,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        draft: bool = True,
+        fast_decode: bool = False,
         tta: bool = False,
         show_progress: bool | None = None,
     ) -> ImageEmbeddings:
         """Decode, preprocess and embed many images; failures are collected, not raised.
 
         Each batch is decoded by a thread pool (PIL releases the GIL while decoding), see
-        :meth:`embed_prepared`. JPEGs whose shorter side is at least four times the model input
-        are decoded at a reduced DCT scale that keeps at least twice the input size
-        (``draft=False`` decodes at full size, for bit-for-bit parity with a plain PIL
-        pipeline). ``tta``: test-time augmentation (see :meth:`encode_images`).
+        :meth:`embed_prepared`. Images are decoded at full resolution, exactly as a plain PIL
+        pipeline does (the reference). ``fast_decode=True`` decodes JPEGs whose shorter side is
+        at least four times the model input at a reduced DCT scale that keeps at least twice the
+        input size: several times faster on camera-size photos, but the embedding is no longer
+        bit-identical to the reference (docs/benchmarks.md measures the difference).
+        ``tta``: test-time augmentation (see :meth:`encode_images`).
         """
         images = list(images)
         embedded = self.embed_prepared(
             len(images),
-            lambda i: self.prepare(images[i], max_pixels, draft),
+            lambda i: self.prepare(images[i], max_pixels, fast_decode),
             batch_size=batch_size,
             workers=workers,
             tta=tta,
