@@ -1,5 +1,5 @@
-"""``dermfm serve`` and ``dermfm server user add|passwd|disable|enable|delete|list`` and
-``dermfm server token create`` (registered by :mod:`dermfm.cli`)."""
+"""The server's commands: ``dermfm serve``, ``dermfm server user
+add|passwd|disable|enable|delete|list`` and ``dermfm server token create``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from dermfm.cli import JsonOpt, ModelOpt, _fail, err, out
+from dermfm.cli.common import JsonOpt, ModelOpt, err, fail, out
 
 if TYPE_CHECKING:
     from dermfm.server.settings import ServerSettings
@@ -110,7 +110,7 @@ def serve_command(
 
     pairs = [item.partition("=") for item in adapter or []]
     if any(not name or not sep or not file for name, sep, file in pairs):
-        raise _fail("--adapter takes LABEL_SET=FILE, e.g. --adapter pad6=clinic.safetensors")
+        raise fail("--adapter takes LABEL_SET=FILE, e.g. --adapter pad6=clinic.safetensors")
     settings = _settings(
         data,
         db,
@@ -130,7 +130,7 @@ def serve_command(
     try:
         app = create_app(settings)
     except (DermfmError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     where = f"http://{host}:{port} (data: {settings.data_dir})"
     err.print(f"dermfm serving on {where}", highlight=False)
@@ -171,12 +171,12 @@ def user_add(
     from dermfm.server.store import ROLES, UserError
 
     if role not in ROLES:
-        raise _fail(f"--role {role!r}: choose one of {', '.join(ROLES)}")
+        raise fail(f"--role {role!r}: choose one of {', '.join(ROLES)}")
     password = _password(password_stdin)
     try:
         _database(data, db).create_user(name, role, password)
     except UserError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     out.print(f"user {name} ({role}) created", highlight=False)
 
 
@@ -191,7 +191,7 @@ def user_passwd(
     try:
         revoked = _database(data, db).set_password(name, password, actor=CLI_ACTOR)
     except UserError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     out.print(f"password of {name} changed; {revoked} token(s) revoked", highlight=False)
 
 
@@ -201,7 +201,7 @@ def _set_status(name: str, status: str, data: Path | None, db: str | None) -> No
     try:
         _database(data, db).set_status(name, status, actor=CLI_ACTOR)
     except UserError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     out.print(f"user {name} {'enabled' if status == 'active' else status}", highlight=False)
 
 
@@ -233,7 +233,7 @@ def user_delete(
     try:
         moved = _database(data, db).delete_user(name, actor=CLI_ACTOR, transfer_to=transfer_to)
     except UserError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     handed = f"; {moved} case(s) handed to {transfer_to}" if transfer_to else ""
     out.print(f"user {name} deleted{handed}", highlight=False)
 
@@ -267,13 +267,7 @@ def token_create(
     """Create an API token (printed once; only its hash is stored)."""
     database = _database(data, db)
     if not database.user_exists(name):
-        raise _fail(f"no user {name!r}: create it with `dermfm server user add {name}`")
+        raise fail(f"no user {name!r}: create it with `dermfm server user add {name}`")
     token, expires = database.create_token(name, days=days, kind="api")
     sys.stdout.write(token + "\n")
     err.print(f"expires {expires.isoformat()}", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the server's commands to the main ``dermfm`` app."""
-    app.command("serve")(serve_command)
-    app.add_typer(server_app, name="server")

@@ -1,5 +1,5 @@
-"""Command-line entry points of the assistant: ``dermfm consult``, ``dermfm chat`` and
-``dermfm assistant calibrate|cases|documents`` (registered by :mod:`dermfm.cli`)."""
+"""The assistant's commands: ``dermfm consult``, ``dermfm chat`` and
+``dermfm assistant calibrate|cases|documents``."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from dermfm.cli import (
+from dermfm.cli.common import (
     AdapterOpt,
     JsonOpt,
     ModelOpt,
     NoAdapterOpt,
-    _adapter,
-    _fail,
-    _load,
-    _print_json,
+    adapter_choice,
     err,
+    fail,
+    load_model_or_fail,
     out,
+    print_json,
 )
 
 assistant_app = typer.Typer(
@@ -49,7 +49,7 @@ GgufOpt = Annotated[Path | None, typer.Option("--gguf", help="GGUF file for llam
 CasesOpt = Annotated[
     Path | None, typer.Option("--cases", help="Case index folder (`dermfm index build`).")
 ]
-StoreOpt = Annotated[
+CaseStoreOpt = Annotated[
     Path | None,
     typer.Option(
         "--case-store", help="Folder of stored cases (default $DERMFM_CASES or ~/.dermfm/cases)."
@@ -107,7 +107,7 @@ def _assistant(
             adapter=adapter,
         )
     except (DermfmError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _writer(
@@ -123,7 +123,7 @@ def _writer(
     try:
         return make_writer(kind, url=url, model=model, api_key=key, timeout=timeout, gguf=gguf)
     except WriterError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _patient(**fields: Any) -> Any:
@@ -132,7 +132,7 @@ def _patient(**fields: Any) -> Any:
     try:
         return details_from_fields(**fields)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _print_report(report: Any) -> None:
@@ -193,7 +193,7 @@ def _write_documents(report: Any, folder: Path, formats: str, overwrite: bool) -
             overwrite=overwrite,
         )
     except (FileExistsError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     err.print(f"wrote {len(written)} files to {folder}", highlight=False)
 
 
@@ -290,22 +290,22 @@ def consult_command(
     from dermfm.assistant.report import ConsultReport
 
     if schema:
-        _print_json(ConsultReport.model_json_schema())
+        print_json(ConsultReport.model_json_schema())
         raise typer.Exit(0)
     if (dicomweb is None) != (study is None):
-        raise _fail("--dicomweb and --study go together")
+        raise fail("--dicomweb and --study go together")
     if dicomweb and images:
-        raise _fail("give IMAGES or --dicomweb/--study, not both")
+        raise fail("give IMAGES or --dicomweb/--study, not both")
     if store_back and not dicomweb:
-        raise _fail("--store-back needs --dicomweb and --study")
+        raise fail("--store-back needs --dicomweb and --study")
     if not images and not dicomweb:
-        raise _fail("give at least one image (or --dicomweb URL --study UID, or --schema)")
+        raise fail("give at least one image (or --dicomweb URL --study UID, or --schema)")
     patient = _patient(
         age=age, sex=sex, site=site, duration=duration, skin_type=skin_type, modality=modality
     )
     chosen = _writer(writer, llm_url, llm_model, llm_key, llm_timeout, gguf)
     assistant = _assistant(
-        _load(model, None),
+        load_model_or_fail(model, None),
         chosen,
         cases,
         calibration,
@@ -313,7 +313,7 @@ def consult_command(
         knowledge,
         settings,
         suppress_artifacts,
-        _adapter(adapter, no_adapter),
+        adapter_choice(adapter, no_adapter),
     )
     from dermfm.io import expand_frames
 
@@ -324,7 +324,7 @@ def consult_command(
         inputs = expand_frames(images or [])  # a multi-frame DICOM file: one report per frame
         reports = [assistant.consult(image, question, patient) for image in inputs]
     if json_out:
-        _print_json([r.model_dump(mode="json") for r in reports])
+        print_json([r.model_dump(mode="json") for r in reports])
     elif markdown:
         from dermfm.assistant.documents import report_markdown
 
@@ -358,7 +358,7 @@ def _consult_study(
             store_back=store_back,
         )
     except PacsError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for result in results:
         if result.stored:
             err.print(
@@ -379,7 +379,7 @@ def _write_fhir(reports: list[Any], inputs: list[Any], target: Path, overwrite: 
             target if len(reports) == 1 else target.with_name(f"{target.stem}-{_stem(image)}.json")
         )
         if file.exists() and not overwrite:
-            raise _fail(f"{file}: exists (use --overwrite)")
+            raise fail(f"{file}: exists (use --overwrite)")
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(json.dumps(fhir_bundle(report), indent=1), encoding="utf-8")
         err.print(f"wrote FHIR bundle {file}", highlight=False)
@@ -400,7 +400,7 @@ def chat_command(
     llm_timeout: TimeoutOpt = 30.0,
     gguf: GgufOpt = None,
     cases: CasesOpt = None,
-    case_store: StoreOpt = None,
+    case_store: CaseStoreOpt = None,
     age: AgeOpt = None,
     sex: SexOpt = None,
     site: SiteOpt = None,
@@ -417,11 +417,11 @@ def chat_command(
     from dermfm.assistant.conversation import CaseError, CaseStore, Consultation
 
     if (image is None) == (case is None):
-        raise _fail("give an IMAGE to start a case, or --case ID to resume one")
+        raise fail("give an IMAGE to start a case, or --case ID to resume one")
     store = CaseStore(case_store)
     chosen = _writer(writer, llm_url, llm_model, llm_key, llm_timeout, gguf)
     assistant = _assistant(
-        _load(model, None),
+        load_model_or_fail(model, None),
         chosen,
         cases,
         calibration,
@@ -429,7 +429,7 @@ def chat_command(
         None,
         None,
         False,
-        _adapter(adapter, no_adapter),
+        adapter_choice(adapter, no_adapter),
     )
     try:
         if case is not None:
@@ -439,7 +439,7 @@ def chat_command(
             consultation = Consultation.start(assistant, image, patient, store=store)
             _print_report(consultation.report)
     except CaseError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     err.print(
         f"case {consultation.case.case_id} (stored in {store.root}); type a message, or 'quit'",
         highlight=False,
@@ -513,21 +513,21 @@ def calibrate_command(
     for item in dataset:
         parts = item.split(":")
         if len(parts) not in (2, 3):
-            raise _fail(f"--dataset {item!r}: expected DATASET:MODALITY[:SPLIT]")
+            raise fail(f"--dataset {item!r}: expected DATASET:MODALITY[:SPLIT]")
         split = parts[2] if len(parts) == 3 else "val"
         sources.append(
             CalibrationSource(parts[0], root, parts[1], None if split.lower() == "none" else split)
         )
-    loaded = _load(model, None)
+    loaded = load_model_or_fail(model, None)
     try:
         calibration = calibrate(
             loaded, sources, coverage=coverage, label_set=labels, adapter=adapter
         )
         folder = calibration.save(output or model_calibration_folder(loaded), overwrite)
     except (DermfmError, ValueError, FileExistsError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if json_out:
-        _print_json(calibration.to_dict())
+        print_json(calibration.to_dict())
         return
     for modality, group in calibration.groups.items():
         m = group.measured
@@ -541,13 +541,13 @@ def calibrate_command(
 
 
 @assistant_app.command("cases")
-def cases_command(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
+def cases_command(store: CaseStoreOpt = None, json_out: JsonOpt = False) -> None:
     """List stored cases, newest first."""
     from dermfm.assistant.conversation import CaseStore
 
     found = CaseStore(store).list()
     if json_out:
-        _print_json(
+        print_json(
             [
                 {
                     "case_id": c.case_id,
@@ -572,7 +572,7 @@ def cases_command(store: StoreOpt = None, json_out: JsonOpt = False) -> None:
 def documents_command(
     case: Annotated[str, typer.Argument(help="Case id.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
-    store: StoreOpt = None,
+    store: CaseStoreOpt = None,
     formats: Annotated[str, typer.Option("--formats")] = "md,pdf",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
@@ -582,12 +582,5 @@ def documents_command(
     try:
         report = CaseStore(store).load(case).report
     except CaseError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     _write_documents(report, out_dir, formats, overwrite)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the assistant's commands to the main ``dermfm`` app."""
-    app.command("consult")(consult_command)
-    app.command("chat")(chat_command)
-    app.add_typer(assistant_app, name="assistant")
