@@ -17,7 +17,6 @@ from dermfm.models.base import DermModel, ImageEmbeddings, ModelCard
 from dermfm.models.registry import (
     RegistryEntry,
     default_model_name,
-    describe_location,
     lookup,
     normalisation,
     registry,
@@ -52,6 +51,18 @@ class ModelInfo:
     def to_dict(self) -> dict[str, object]:
         """JSON-ready mapping."""
         return dict(self.__dict__)
+
+
+def describe_location(entry: RegistryEntry) -> str:
+    """Where ``entry`` would load from on this machine, without loading or downloading."""
+    if entry.backend == "unsupported":
+        return "not loadable by dermfm (see reason)"
+    if entry.backend == "bundled":
+        path = bundled.weights_dir()
+        return str(path) if bundled.is_available() else "not shipped in this dermfm version"
+    repo = hub.repo_for(entry)
+    local = hub.local_snapshot(repo)
+    return str(local) if local else f"Hugging Face Hub {repo} (not downloaded)"
 
 
 def list_models() -> list[ModelInfo]:

@@ -88,16 +88,3 @@ def lookup(name: str) -> RegistryEntry | None:
     """The entry registered under ``name`` (case-insensitive), if any."""
     return registry().get(name.strip().lower())
 
-
-def describe_location(entry: RegistryEntry) -> str:
-    """Where ``entry`` would load from on this machine, without loading or downloading."""
-    from dermfm.models import bundled, hub
-
-    if entry.backend == "unsupported":
-        return "not loadable by dermfm (see reason)"
-    if entry.backend == "bundled":
-        path = bundled.weights_dir()
-        return str(path) if bundled.is_available() else "not shipped in this dermfm version"
-    repo = hub.repo_for(entry)
-    local = hub.local_snapshot(repo)
-    return str(local) if local else f"Hugging Face Hub {repo} (not downloaded)"
