@@ -12,6 +12,8 @@ is checked::
 
 * :mod:`~dermfm.assistant.report`: the report schema (pydantic; JSON schema included).
 * :mod:`~dermfm.assistant.consult`: the pipeline (:class:`Assistant`, :func:`consult`).
+* :mod:`~dermfm.assistant.settings`: the consultation's settings (``consult.yaml``).
+* :mod:`~dermfm.assistant.modality`: the zero-shot dermoscopy / clinical check.
 * :mod:`~dermfm.assistant.quality`: photo quality and "is this skin?" checks.
 * :mod:`~dermfm.assistant.calibration`: temperature and conformal sets stored with the model.
 * :mod:`~dermfm.assistant.rules`: explicit safety rules (``rules.yaml``).

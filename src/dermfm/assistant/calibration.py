@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from dermfm.assistant.modality import MODALITIES, modality_scores
 from dermfm.errors import DermfmError
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 #: Files of an assistant calibration folder.
 CALIBRATION_FILE = "calibration.json"
-MODALITIES = ("dermoscopy", "clinical")
 
 
 class CalibrationError(DermfmError):
@@ -237,7 +237,6 @@ def calibrate(
             :func:`dermfm.adapters.resolve_adapter`); the assistant uses this calibration only
             with that adapter.
     """
-    from dermfm.assistant.consult import modality_scores
     from dermfm.assistant.quality import image_measures
     from dermfm.data import read_dataset
     from dermfm.evaluate.calibration import TemperatureScaler

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dermfm import cache as dcache
 from dermfm._inputs import ModelSpec, resolve_model
-from dermfm.assistant.calibration import MODALITIES, AssistantCalibration, load_calibration
+from dermfm.assistant.calibration import AssistantCalibration, load_calibration
+from dermfm.assistant.modality import MODALITIES, modality_scores
 from dermfm.assistant.quality import SKIN_REFERENCE_FILE, SkinReference, check_quality, unreadable
 from dermfm.assistant.report import (
     Candidate,
@@ -45,50 +44,16 @@ from dermfm.assistant.report import (
     Triage,
     percent,
 )
+from dermfm.assistant.settings import load_settings
 from dermfm.errors import ImageError
 from dermfm.io import DicomFrame, ImageInput, load_image
-from dermfm.knowledge._files import read_document
 from dermfm.results import ADAPTER_SCORE_KIND
 
 if TYPE_CHECKING:
     from dermfm.adapters import AdapterSpec
     from dermfm.assistant.writers import Writer
-    from dermfm.models.base import DermModel
     from dermfm.retrieval import Index
     from dermfm.zeroshot import ZeroShotClassifier
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) else value
-    return out
-
-
-@cache
-def _packaged_settings() -> dict[str, Any]:
-    return read_document(Path(__file__).with_name("consult.yaml"))
-
-
-def load_settings(path: str | Path | None = None) -> dict[str, Any]:
-    """The packaged ``consult.yaml``, updated key by key with a user file when given."""
-    settings = _packaged_settings()
-    return _merge(settings, read_document(path)) if path else dict(settings)
-
-
-def modality_scores(
-    model: DermModel, embeddings: torch.Tensor, settings: Mapping[str, Any] | None = None
-) -> torch.Tensor:
-    """``(N, 2)`` zero-shot probabilities of (dermoscopy, clinical) for image embeddings."""
-    prompts = (settings or load_settings())["modality"]
-    key = dcache.content_key("modality", model.cache_key, [prompts[m] for m in MODALITIES])
-
-    def compute() -> torch.Tensor:
-        rows = [model.encode_texts(list(prompts[m])).mean(dim=0) for m in MODALITIES]
-        return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
-
-    weights = dcache.cached_tensor("classifiers", key, compute, model.cacheable)
-    return (embeddings.float() @ weights.T * model.logit_scale).softmax(dim=-1)
 
 
 def context_templates(
