@@ -1,5 +1,10 @@
 """Shared fixtures: tiny real models (random weights, built here, loaded through dermfm's real
-loading code), real images from ../shared/data, generated image files."""
+loading code), real images from ../shared/data, generated image files.
+
+Tests that prove a headline claim run on photos drawn by ``tests/images.py`` (skin, lesions,
+rulers, EXIF/GPS, PNG/WebP/HEIC, phone-size JPEGs), so a clean clone runs them. Their versions on
+real photos take ``skin_images`` / ``melanoma_photo``'s ``real`` parameter, marked ``real_data``:
+without ``../shared/data`` those are deselected (the run's header says so), not skipped."""
 
 from __future__ import annotations
 
@@ -9,10 +14,44 @@ import json
 import os
 from pathlib import Path
 
+import images as drawn
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+
+#: The real-photo parameter of fixtures that also run on drawn photos.
+REAL = pytest.param("real", marks=pytest.mark.real_data)
+
+
+def _have_shared_data() -> bool:
+    return (SHARED / "README.md").is_file()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "real_data: the real-photo version of a test that also runs on drawn photos; "
+        "deselected when ../shared/data is missing",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if _have_shared_data():
+        return f"real data: {SHARED} (tests run on drawn and on real photos)"
+    return (
+        f"real data: {SHARED} is missing: real-photo versions (marker real_data) are "
+        "deselected; their drawn-photo versions run"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _have_shared_data():
+        return
+    real = [item for item in items if item.get_closest_marker("real_data")]
+    if real:
+        config.hook.pytest_deselected(items=real)
+        items[:] = [item for item in items if not item.get_closest_marker("real_data")]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -25,7 +64,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real dermatology data folder; tests needing it skip when it is absent."""
-    if not (SHARED / "README.md").is_file():
+    if not _have_shared_data():
         pytest.skip(f"real data not available at {SHARED}")
     return SHARED
 
@@ -44,6 +83,44 @@ def real_images(shared_data: Path) -> list[tuple[Path, str]]:
         for row in _rows(shared_data / name, n):
             picked.append((shared_data / name / row["file"], row["label"]))
     return picked
+
+
+@pytest.fixture(scope="session")
+def generated_images(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, str]]:
+    """Drawn skin photos with HAM10000 labels (``tests/images.py``): dermoscopy and clinical
+    framing, skin types I-VI, rulers, EXIF with GPS, JPEG, PNG, WebP and (with pillow-heif)
+    HEIC."""
+    return drawn.photo_set(tmp_path_factory.mktemp("drawn-photos"))
+
+
+@pytest.fixture(scope="session")
+def phone_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A drawn 4000x3000 phone JPEG of a melanoma-like lesion with a ruler, EXIF and GPS."""
+    folder = tmp_path_factory.mktemp("drawn-phone")
+    return drawn.save(
+        drawn.phone_photo("mel", seed=50), folder / "IMG_0001.jpg", exif=drawn.camera_exif()
+    )
+
+
+@pytest.fixture(scope="session", params=["drawn", REAL])
+def skin_images(request: pytest.FixtureRequest) -> list[tuple[Path, str]]:
+    """``(path, label)`` photos: the drawn set, and (``real_data``) :func:`real_images`."""
+    name = "generated_images" if request.param == "drawn" else "real_images"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="session", params=["drawn", REAL])
+def melanoma_photo(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A melanoma photo: a drawn dermoscopy JPEG, and (``real_data``) a real HAM10000 one."""
+    if request.param == "drawn":
+        image = drawn.skin_photo(600, 450, kind="mel", seed=7, tone="II", dermoscopy=True)
+        return drawn.save(image, tmp_path_factory.mktemp("drawn-melanoma") / "lesion_mel.jpg")
+    folder = request.getfixturevalue("shared_data") / "ham10000"
+    with (folder / "labels.csv").open(newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["label"] == "mel")
+    return folder / row["file"]
 
 
 def save_open_clip_folder(folder: Path, image_size: int = 64, seed: int = 0) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from images import reference_open
 
 import dermfm
 from dermfm.concepts import ConceptAnnotator
@@ -50,19 +50,18 @@ def _monet_direct(model, tokenizer, image_features: np.ndarray, terms: list[str]
     return soft[0].mean(axis=0)
 
 
-def test_scores_equal_the_monet_formula(tiny_open_clip: Path, oc_model, real_images) -> None:
+def test_scores_equal_the_monet_formula(tiny_open_clip: Path, oc_model, skin_images) -> None:
+    """On the drawn photos (JPEG, PNG, WebP, HEIC) and on real ones."""
     import open_clip
 
     spec = f"local-dir:{tiny_open_clip}"
     ref_model, _, preprocess = open_clip.create_model_and_transforms(spec)
     ref_model.eval()
     tokenizer = open_clip.get_tokenizer(spec)
-    paths = [p for p, _ in real_images if "derm7pt" not in str(p)][:6]
+    paths = [p for p, _ in skin_images if "derm7pt" not in str(p)]
     with torch.no_grad():
         feats = (
-            ref_model.encode_image(
-                torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths])
-            )
+            ref_model.encode_image(torch.stack([preprocess(reference_open(p)) for p in paths]))
             .numpy()
             .astype(np.float64)
         )
@@ -76,10 +75,10 @@ def test_scores_equal_the_monet_formula(tiny_open_clip: Path, oc_model, real_ima
         assert np.allclose(got, expected, atol=1e-5), concept.id
 
 
-def test_every_concept_scored_and_threshold_sets_presence(oc_model, real_images) -> None:
+def test_every_concept_scored_and_threshold_sets_presence(oc_model, generated_images) -> None:
     vocab = dermfm.load_concepts()
-    low = dermfm.annotate_concepts(real_images[0][0], model=oc_model, threshold=0.0)
-    high = dermfm.annotate_concepts(real_images[0][0], model=oc_model, threshold=1.01)
+    low = dermfm.annotate_concepts(generated_images[0][0], model=oc_model, threshold=0.0)
+    high = dermfm.annotate_concepts(generated_images[0][0], model=oc_model, threshold=1.01)
     assert [s.id for s in low.scores] == [c.id for c in vocab]
     assert all(s.present for s in low.scores)
     assert not any(s.present for s in high.scores)
@@ -95,9 +94,9 @@ def test_select_by_group_and_reject_unknown(oc_model) -> None:
         ConceptAnnotator(oc_model, ["no_such_concept"])
 
 
-def test_failed_inputs_keep_their_place(oc_model, real_images, image_files) -> None:
+def test_failed_inputs_keep_their_place(oc_model, generated_images, image_files) -> None:
     results = dermfm.annotate_concepts(
-        [image_files["text"], real_images[2][0]], model=oc_model, concepts=["artifact"]
+        [image_files["text"], generated_images[2][0]], model=oc_model, concepts=["artifact"]
     )
     assert results[0].error == "not a recognised image format" and not results[0].scores
     assert results[1].ok and {s.group for s in results[1].scores} == {"artifact"}

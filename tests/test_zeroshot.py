@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from images import reference_open
 
 import dermfm
 from dermfm.knowledge import diagnosis_templates, load_ontology
@@ -29,13 +29,18 @@ def test_packaged_skin8_is_the_published_ensemble() -> None:
     assert list(diagnosis_templates("skin8")) == SKIN8
 
 
-def _small_real_images(real_images: list[tuple[Path, str]]) -> list[Path]:
-    # HAM10000 and DermNet files are small enough that no reduced-scale decoding happens
-    return [p for p, _ in real_images if "derm7pt" not in str(p)]
+@pytest.fixture
+def parity_images(request: pytest.FixtureRequest, skin_images) -> list[Path]:
+    """The photos compared with the reference pipelines: the drawn set (JPEG, PNG, WebP, HEIC)
+    plus a 4000x3000 phone JPEG, or the real photos (HAM10000 and DermNet)."""
+    paths = [p for p, _ in skin_images if "derm7pt" not in str(p)]
+    if request.node.callspec.params["skin_images"] == "drawn":
+        paths.append(request.getfixturevalue("phone_jpeg"))
+    return paths
 
 
 def test_probabilities_equal_direct_open_clip(
-    tiny_open_clip: Path, oc_model, real_images: list[tuple[Path, str]]
+    tiny_open_clip: Path, oc_model, parity_images: list[Path]
 ) -> None:
     import open_clip
 
@@ -54,8 +59,8 @@ def test_probabilities_equal_direct_open_clip(
             device="cpu",
             use_tqdm=False,
         )
-        paths = _small_real_images(real_images)
-        pixels = torch.stack([ref_preprocess(Image.open(p).convert("RGB")) for p in paths])
+        paths = parity_images
+        pixels = torch.stack([ref_preprocess(reference_open(p)) for p in paths])
         feats = torch.nn.functional.normalize(ref_model.encode_image(pixels), dim=-1)
         expected = (ref_model.logit_scale.exp() * feats @ weights).softmax(dim=-1)
 
@@ -67,14 +72,14 @@ def test_probabilities_equal_direct_open_clip(
 
 
 def test_probabilities_equal_direct_transformers(
-    tiny_transformers_clip: Path, real_images: list[tuple[Path, str]]
+    tiny_transformers_clip: Path, parity_images: list[Path]
 ) -> None:
     from transformers import AutoModel, AutoProcessor
 
     model = AutoModel.from_pretrained(tiny_transformers_clip).eval()
     processor = AutoProcessor.from_pretrained(tiny_transformers_clip)
     names = ["melanoma", "nevus", "seborrheic keratosis", "basal cell carcinoma"]
-    paths = _small_real_images(real_images)[:6]
+    paths = parity_images
     with torch.no_grad():
         class_rows = []
         for name in names:
@@ -85,9 +90,9 @@ def test_probabilities_equal_direct_transformers(
             emb = torch.nn.functional.normalize(emb, dim=-1).mean(dim=0)
             class_rows.append(torch.nn.functional.normalize(emb, dim=0))
         weights = torch.stack(class_rows)
-        pixels = processor(
-            images=[Image.open(p).convert("RGB") for p in paths], return_tensors="pt"
-        )["pixel_values"]
+        pixels = processor(images=[reference_open(p) for p in paths], return_tensors="pt")[
+            "pixel_values"
+        ]
         feats = torch.nn.functional.normalize(
             model.get_image_features(pixel_values=pixels).pooler_output, dim=-1
         )
@@ -135,11 +140,11 @@ def test_temperature_sharpens_and_flattens(oc_model) -> None:
         ZeroShotClassifier(oc_model, labels="ham7", temperature=0)
 
 
-def test_batches_keep_order_and_report_failures(oc_model, real_images, image_files) -> None:
+def test_batches_keep_order_and_report_failures(oc_model, generated_images, image_files) -> None:
     inputs = [
-        real_images[0][0],
+        generated_images[0][0],
         image_files["truncated"],
-        real_images[1][0],
+        generated_images[1][0],
         image_files["missing"],
     ]
     results = dermfm.diagnose(inputs, model=oc_model, labels="pad6")
@@ -149,10 +154,10 @@ def test_batches_keep_order_and_report_failures(oc_model, real_images, image_fil
     assert len(results[0].predictions) == 5
 
 
-def test_single_image_and_user_label_files(oc_model, real_images, tmp_path: Path) -> None:
+def test_single_image_and_user_label_files(oc_model, generated_images, tmp_path: Path) -> None:
     text_file = tmp_path / "mine.txt"
     text_file.write_text("# my classes\nmelanoma\nnevus\nsomething not in the ontology\n")
-    result = dermfm.diagnose(real_images[0][0], model=oc_model, labels=str(text_file))
+    result = dermfm.diagnose(generated_images[0][0], model=oc_model, labels=str(text_file))
     assert isinstance(result, dermfm.Diagnosis)
     nodes = {p.name: p.node for p in result.predictions}
     assert nodes["melanoma"] == "melanoma"
@@ -172,8 +177,8 @@ def test_class_embeddings_are_cached_by_content(oc_model) -> None:
     assert torch.equal(ZeroShotClassifier(oc_model, labels="derm7pt").weights, first)
 
 
-def test_all_label_set_diagnoses_real_images_end_to_end(oc_model, real_images) -> None:
-    results = dermfm.diagnose([p for p, _ in real_images], model=oc_model, labels="all")
+def test_all_label_set_diagnoses_photos_end_to_end(oc_model, skin_images) -> None:
+    results = dermfm.diagnose([p for p, _ in skin_images], model=oc_model, labels="all")
     assert all(r.ok for r in results)
     for r in results:
         assert r.predictions[0].probability >= r.predictions[-1].probability
