@@ -17,7 +17,8 @@ shards are extracted once into a folder of plain files, by default in the dermfm
 (``DERMFM_CACHE/clip_benchmark_wds/<key>/``, the key being the shards' paths, sizes and
 modification times, so a changed shard is extracted afresh) or into ``extract_to``; files already
 extracted with the right size are not written again. A spec with ``layout: clip_benchmark_wds``
-reads such a folder through :func:`~dermfm.data.sources.read_dataset`.
+reads such a folder through :func:`~dermfm.data.sources.read_dataset`
+(:func:`~dermfm.data.sources.read_clip_benchmark_wds` for a folder as it is).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dermfm.cache import atomic_write_bytes, cache_dir, content_key
+from dermfm.data.labels import class_finder
 from dermfm.data.manifest import ManifestError, Record
 from dermfm.data.shards import _add_member
-from dermfm.data.sources import DatasetRecords, _class_finder, read_dataset
 from dermfm.errors import ImageError
 from dermfm.io import load_image
 from dermfm.knowledge import LabelClass, LabelSet, diagnosis_templates, load_label_set
@@ -187,25 +188,6 @@ def _extracted(shard: Path, key: str, parts: dict[str, bytes], folder: Path) -> 
     return WdsSample(shard, key, image, label)
 
 
-def read_clip_benchmark_wds(
-    folder: str | Path, split: str | None = None, *, extract_to: str | Path | None = None
-) -> DatasetRecords:
-    """Records of a CLIP_benchmark webdataset folder (one split, or all of them).
-
-    Each record's ``split`` is its split folder's name, ``group`` the split and sample key,
-    ``metadata['dataset_label']`` and ``class_name`` its class name; the label set holds the
-    class names in ``classnames.txt`` order, linked to the ontology where a name is known.
-    ``templates`` are the dataset's zero-shot templates with ``{}`` for the class name.
-    """
-    folder = Path(folder)
-    spec: dict[str, object] = {"name": folder.name, "layout": "clip_benchmark_wds"}
-    if split is not None:
-        spec["splits"] = [split]
-    if extract_to is not None:
-        spec["extract_to"] = str(extract_to)
-    return read_dataset(spec, folder)
-
-
 def _classes(records: Sequence[Record], label_set: str | LabelSet | None) -> LabelSet:
     """The export's classes: the given label set, or the records' labels sorted."""
     if label_set is not None:
@@ -298,7 +280,7 @@ def export_clip_benchmark_wds(
             _refuse(path, overwrite)
 
     report = WdsExport(out, names)
-    find_class = _class_finder(classes)
+    find_class = class_finder(classes)
     index = {c.label: i for i, c in enumerate(classes.classes)}
     with progress("Exporting webdataset", len(records), show_progress) as advance:
         for split, members in splits.items():
