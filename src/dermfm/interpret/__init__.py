@@ -6,8 +6,9 @@ and browsing, concept-bottleneck classifiers and artifact suppression.
 * :mod:`~dermfm.interpret.gallery`: top-activating image grids, an HTML gallery, per-image
   explanations.
 * :mod:`~dermfm.interpret.bottleneck`: sparse logistic regression on SAE activations.
-* :mod:`~dermfm.interpret.artifacts`: artifact latents, projection off their directions,
-  synthetic artifacts for measurement.
+* :mod:`~dermfm.interpret.artifacts`: artifact latents, projection off their directions.
+* :mod:`~dermfm.interpret.synthetic`: the artifact kinds and synthetic artifacts drawn on
+  images, for measurement.
 
 An SAE folder (``sae_config.json`` + ``sae.safetensors``) may hold ``artifacts.json``, the
 artifact latents found for it; a model folder may hold its SAE in ``sae/`` (the bundled model

@@ -135,7 +135,7 @@ def artifact_embeddings(
     cannot be read are skipped."""
     import random
 
-    from dermfm.interpret.artifacts import add_artifact, artifact_kinds
+    from dermfm.interpret.synthetic import add_artifact, artifact_kinds
 
     kinds = list(artifact_kinds())
     picked = random.Random(seed).sample(list(records), min(n, len(records)))
@@ -248,12 +248,8 @@ def find_artifacts(
     """
     import random
 
-    from dermfm.interpret.artifacts import (
-        ArtifactSuppressor,
-        add_artifact,
-        artifact_kinds,
-        by_contrast,
-    )
+    from dermfm.interpret.artifacts import ArtifactSuppressor, by_contrast
+    from dermfm.interpret.synthetic import add_artifact, artifact_kinds
 
     rng = random.Random(seed)
     picked = rng.sample(list(records), min(n, len(records)))
