@@ -11,7 +11,7 @@ import simple_icd_10_cm as cm
 import torch
 
 from dermfm.knowledge import load_label_set, load_ontology
-from dermfm.knowledge._files import read_document
+from dermfm.knowledge.files import read_document
 
 ONTOLOGY_FILE = Path(load_ontology().sources[0])
 

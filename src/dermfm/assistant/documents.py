@@ -24,7 +24,7 @@ from typing import Any
 from dermfm.assistant.readability import flesch_kincaid_grade
 from dermfm.assistant.report import Candidate, ConditionInfo, ConsultReport, percent
 from dermfm.errors import KnowledgeError
-from dermfm.knowledge._files import read_document, require, string_list
+from dermfm.knowledge.files import read_document, require, string_list
 
 #: File formats :func:`write_documents` writes.
 FORMATS: tuple[str, ...] = ("md", "pdf")

@@ -21,7 +21,7 @@ from typing import Any
 
 from dermfm.assistant.report import PatientDetails
 from dermfm.errors import KnowledgeError
-from dermfm.knowledge._files import read_document, require, string_list
+from dermfm.knowledge.files import read_document, require, string_list
 
 #: Fields that take one value; the first mention in a message sets it.
 _SINGLE = ("age", "sex", "site", "duration", "itch", "pain", "bleeding", "skin_type", "modality")

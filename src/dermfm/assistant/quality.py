@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from dermfm.assistant.report import QualityCheck, QualityProblem
-from dermfm.knowledge._files import read_document
+from dermfm.knowledge.files import read_document
 from dermfm.progress import progress
 
 #: Side of the square grey image the pixel measures are computed on (resolution-independent).

@@ -21,7 +21,7 @@ from dermfm.assistant.report import (
     percent,
 )
 from dermfm.errors import KnowledgeError
-from dermfm.knowledge._files import read_document, require
+from dermfm.knowledge.files import read_document, require
 
 KINDS = ("candidate", "mass", "patient", "otherwise")
 PATIENT_FLAGS = ("itch", "pain", "bleeding")

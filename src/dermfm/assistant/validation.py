@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from dermfm.errors import KnowledgeError
 from dermfm.knowledge import Ontology, load_ontology
-from dermfm.knowledge._files import read_document, require, string_list
+from dermfm.knowledge.files import read_document, require, string_list
 
 #: The packaged file with the writers' texts, the LLM prompt and the validation patterns.
 CONFIG_FILE = Path(str(resources.files("dermfm.assistant") / "writers.yaml"))

@@ -46,7 +46,7 @@ from dermfm.assistant.validation import (
     writers_config,
 )
 from dermfm.errors import DermfmError, KnowledgeError
-from dermfm.knowledge._files import require, string_list
+from dermfm.knowledge.files import require, string_list
 
 #: Writer kinds :func:`make_writer` knows.
 WRITER_KINDS = ("template", "openai", "llama-cpp")

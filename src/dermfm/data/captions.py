@@ -21,7 +21,7 @@ from pathlib import Path
 
 from dermfm.data.manifest import Record
 from dermfm.knowledge import load_concepts, load_ontology
-from dermfm.knowledge._files import packaged, read_document
+from dermfm.knowledge.files import packaged, read_document
 
 #: Every view name, in the order of the text tensors the losses receive.
 VIEWS = ("ontology", "concept", "metadata", "free", "caption")

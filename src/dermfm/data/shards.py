@@ -261,7 +261,7 @@ def read_shard_index(
     return shards, total
 
 
-def _resolve_shards(shards: str | Path | Sequence[str | Path]) -> tuple[list[Path], int | None]:
+def resolve_shards(shards: str | Path | Sequence[str | Path]) -> tuple[list[Path], int | None]:
     """Shard paths (and the indexed sample count, when known) from any accepted form."""
     if not isinstance(shards, (str, Path)):
         paths = [Path(p) for p in shards]
@@ -308,7 +308,7 @@ class _Item:
     index: int
 
 
-def _read_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+def read_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
     """``(key, {extension: bytes})`` groups of consecutive members of one tar, in file order."""
     key: str | None = None
     files: dict[str, bytes] = {}
@@ -376,7 +376,7 @@ class ShardDataset(IterableDataset):
         super().__init__()
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
-        self.shards, self.total = _resolve_shards(shards)
+        self.shards, self.total = resolve_shards(shards)
         if len(self.shards) < world:
             raise ValueError(
                 f"{len(self.shards)} shard(s) cannot be split over {world} ranks; "
@@ -428,7 +428,7 @@ class ShardDataset(IterableDataset):
 
     def _items(self, shards: Iterable[Path]) -> Iterator[_Item]:
         for shard in shards:
-            for key, files in _read_tar(shard):
+            for key, files in read_tar(shard):
                 ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
                 if ext is None or "json" not in files:
                     warnings.warn(

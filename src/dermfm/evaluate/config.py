@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dermfm.errors import SourceError
-from dermfm.knowledge._files import read_document
+from dermfm.knowledge.files import read_document
 
 #: Every task the harness runs, in the order it runs them.
 TASKS = (

@@ -36,7 +36,7 @@ from dermfm.evaluate.metrics import (
     _estimate,
     _resample_indices,
 )
-from dermfm.knowledge._files import read_document, require, string_list
+from dermfm.knowledge.files import read_document, require, string_list
 
 if TYPE_CHECKING:
     from dermfm.data import Record

@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 
 from dermfm.errors import KnowledgeError
 from dermfm.knowledge import load_concepts, load_ontology
-from dermfm.knowledge._files import read_document, string_list
+from dermfm.knowledge.files import read_document, string_list
 
 if TYPE_CHECKING:
     import torch

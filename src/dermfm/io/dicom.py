@@ -99,7 +99,7 @@ class DicomContext:
 
 @cache
 def _settings() -> dict[str, Any]:
-    from dermfm.knowledge._files import read_document
+    from dermfm.knowledge.files import read_document
 
     return read_document(Path(__file__).with_name("dicom.yaml"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dermfm.errors import KnowledgeError
-from dermfm.knowledge._files import packaged, read_document, require
+from dermfm.knowledge.files import packaged, read_document, require
 from dermfm.knowledge.ontology import Ontology, load_ontology
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dermfm.errors import KnowledgeError
-from dermfm.knowledge._files import packaged, read_document, require, string_list
+from dermfm.knowledge.files import packaged, read_document, require, string_list
 
 #: What an ICD-10-CM code looks like (``C43.9``, ``L22``, ``T78.3XXA``).
 ICD10CM_PATTERN = re.compile(r"[A-TV-Z][0-9][0-9AB](\.[0-9A-Z]{1,4})?")

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from dermfm.errors import KnowledgeError
-from dermfm.knowledge._files import packaged, read_document, require
+from dermfm.knowledge.files import packaged, read_document, require
 from dermfm.knowledge.ontology import Ontology, load_ontology
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from dermfm.errors import KnowledgeError
-from dermfm.knowledge._files import packaged, read_document, require
+from dermfm.knowledge.files import packaged, read_document, require
 
 
 @dataclass(frozen=True)

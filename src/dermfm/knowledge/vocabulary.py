@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dermfm.errors import KnowledgeError
-from dermfm.knowledge._files import packaged, read_document, require, string_list
+from dermfm.knowledge.files import packaged, read_document, require, string_list
 
 
 @dataclass(frozen=True)

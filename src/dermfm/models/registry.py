@@ -9,7 +9,7 @@ from importlib import resources
 from typing import Any
 
 from dermfm.errors import KnowledgeError
-from dermfm.knowledge._files import read_document, require
+from dermfm.knowledge.files import read_document, require
 
 BACKENDS = ("open_clip", "transformers", "bundled", "unsupported")
 
@@ -87,4 +87,3 @@ def default_model_name() -> str:
 def lookup(name: str) -> RegistryEntry | None:
     """The entry registered under ``name`` (case-insensitive), if any."""
     return registry().get(name.strip().lower())
-

@@ -160,10 +160,10 @@ def _has_images(folder: Path) -> bool:
 def _tar_items(tar: Path) -> list[SourceItem]:
     """The samples of one WebDataset tar, with their bytes (a sample without an image member
     becomes an item whose read fails with a clear error)."""
-    from dermfm.data.shards import IMAGE_EXTENSIONS, _read_tar, record_from_json
+    from dermfm.data.shards import IMAGE_EXTENSIONS, read_tar, record_from_json
 
     items = []
-    for key, files in _read_tar(tar):
+    for key, files in read_tar(tar):
         where = f"{tar}#{key}"
         ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
         label = caption = split = None
@@ -195,9 +195,9 @@ def _tar_items(tar: Path) -> list[SourceItem]:
 
 
 def _webdataset_source(path: Path) -> Source:
-    from dermfm.data.shards import _resolve_shards
+    from dermfm.data.shards import resolve_shards
 
-    tars, total = _resolve_shards(path)
+    tars, total = resolve_shards(path)
     digest = hashlib.sha256(
         "\n".join(f"{t.name}:{t.stat().st_size}" for t in tars).encode()
     ).hexdigest()
