@@ -14,14 +14,29 @@ from dermfm.errors import IndexStoreError
 from dermfm.retrieval import Index
 
 
-@pytest.fixture
-def library(tmp_path: Path, real_images) -> Path:
-    """A case library folder of real images in per-label sub-folders (copied to tmp only)."""
-    root = tmp_path / "library"
-    for path, label in real_images:
+def _library(root: Path, photos: list[tuple[Path, str]]) -> Path:
+    """A case library folder of photos in per-label sub-folders (copied to tmp only)."""
+    for path, label in photos:
         (root / label.replace(" ", "_")).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, root / label.replace(" ", "_") / path.name)
     return root
+
+
+def _photos(library: Path) -> list[Path]:
+    """The library's photo files (JPEG, PNG, WebP, HEIC), sorted."""
+    return sorted(p for p in library.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def library(tmp_path: Path, generated_images) -> Path:
+    """A case library of the drawn photos (four file formats, seven labels)."""
+    return _library(tmp_path / "library", generated_images)
+
+
+@pytest.fixture
+def skin_library(tmp_path: Path, skin_images) -> Path:
+    """A case library of the drawn photos, and (``real_data``) of real photos."""
+    return _library(tmp_path / "library", skin_images)
 
 
 def _brute_force(model, paths: list[Path], query: np.ndarray, k: int) -> list[str]:
@@ -31,10 +46,10 @@ def _brute_force(model, paths: list[Path], query: np.ndarray, k: int) -> list[st
 
 
 def test_exact_search_returns_the_brute_force_neighbours(
-    oc_model, library: Path, tmp_path: Path
+    oc_model, skin_library: Path, tmp_path: Path
 ) -> None:
-    index, report = Index.build(tmp_path / "idx", library, oc_model)
-    paths = sorted(p for p in library.rglob("*.jpg"))
+    index, report = Index.build(tmp_path / "idx", skin_library, oc_model)
+    paths = _photos(skin_library)
     assert report.added == len(paths) == len(index)
     query_image = paths[3]
     q = oc_model.embed_images([query_image]).vectors[0].numpy()
@@ -51,7 +66,7 @@ def test_exact_search_returns_the_brute_force_neighbours(
 def test_index_persists_and_grows_incrementally(
     oc_model, library: Path, tmp_path: Path, image_files
 ) -> None:
-    all_paths = sorted(library.rglob("*.jpg"))
+    all_paths = _photos(library)
     first, second = all_paths[:6], all_paths[6:]
     index, _ = Index.build(tmp_path / "idx", first, oc_model)
     index.close()
@@ -80,29 +95,28 @@ def test_a_lost_or_corrupt_faiss_file_is_rebuilt_from_the_database(
         h.path for h in Index.open(tmp_path / "idx", oc_model).search("plaque", k=5)
     ] == expected
     (tmp_path / "idx" / "vectors.faiss").unlink()
-    assert len(Index.open(tmp_path / "idx", oc_model)) == len(list(library.rglob("*.jpg")))
+    assert len(Index.open(tmp_path / "idx", oc_model)) == len(_photos(library))
 
 
-def test_csv_with_labels_and_captions(oc_model, real_images, tmp_path: Path) -> None:
+def test_csv_with_labels_and_captions(oc_model, generated_images, tmp_path: Path) -> None:
     table = tmp_path / "cases.csv"
     with table.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["image", "label", "caption"])
-        for path, label in real_images[:5]:
+        for path, label in generated_images[:5]:
             writer.writerow([path, label, f"case of {label}"])
     index, report = Index.build(tmp_path / "idx", table, oc_model)
     assert report.added == 5
-    hit = index.search(str(real_images[2][0]), k=1)[0]
-    assert hit.label == real_images[2][1] and hit.caption == f"case of {real_images[2][1]}"
+    hit = index.search(str(generated_images[2][0]), k=1)[0]
+    label = generated_images[2][1]
+    assert hit.label == label and hit.caption == f"case of {label}"
 
 
 def test_build_never_overwrites_silently(oc_model, library: Path, tmp_path: Path) -> None:
     Index.build(tmp_path / "idx", library, oc_model)[0].close()
     with pytest.raises(IndexStoreError, match="already exists"):
         Index.build(tmp_path / "idx", library, oc_model)
-    index, _ = Index.build(
-        tmp_path / "idx", list(library.rglob("*.jpg"))[:3], oc_model, overwrite=True
-    )
+    index, _ = Index.build(tmp_path / "idx", _photos(library)[:3], oc_model, overwrite=True)
     assert len(index) == 3
 
 
@@ -119,7 +133,7 @@ def test_approximate_indexes_find_the_query_itself(
     oc_model, library: Path, tmp_path: Path, kind: str
 ) -> None:
     index, _ = Index.build(tmp_path / kind, library, oc_model, kind=kind)
-    paths = sorted(library.rglob("*.jpg"))
+    paths = _photos(library)
     for query in paths[:5]:
         assert index.search(str(query), k=3)[0].path == str(query)
     index.add([])  # adding nothing changes nothing
