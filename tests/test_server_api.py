@@ -3,11 +3,12 @@
 Covers access control (no, unknown, expired and another user's token), the consult -> chat ->
 documents -> export -> delete life of a case with its audit log, EXIF/GPS removal, inference
 equal to the library's, limits and error bodies, and schemathesis against the OpenAPI spec.
+The case library and the uploads are drawn photos (``tests/images.py``); the uploads are also
+made with a real HAM10000 melanoma when ``../shared/data`` is there.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import zipfile
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import images as drawn
 import pytest
 from live_server import start_server
 from PIL import Image
@@ -33,26 +35,28 @@ class Live:
         return httpx.Client(base_url=self.url, headers=headers, timeout=120)
 
 
-def build_case_index(folder: Path, shared: Path, n: int = 12) -> Path:
-    """A small case library of real HAM10000 photos with their labels."""
+def build_case_index(folder: Path, photos: list[tuple[Path, str]]) -> Path:
+    """A small case library of ``(path, label)`` photos."""
     from dermfm.retrieval import Index
 
     table = folder / "cases.csv"
-    with (shared / "ham10000" / "labels.csv").open(newline="") as fh, table.open("w") as out:
+    with table.open("w") as out:
         out.write("path,label\n")
-        for row, _ in zip(csv.DictReader(fh), range(n), strict=False):
-            out.write(f"{shared / 'ham10000' / row['file']},{row['label']}\n")
+        for path, label in photos:
+            out.write(f"{path},{label}\n")
     Index.build(folder / "index", table)[0].close()
     return folder / "index"
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[Live]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, generated_images: list[tuple[Path, str]]
+) -> Iterator[Live]:
     from dermfm.server.settings import ServerSettings
     from dermfm.server.store import Database
 
     data = tmp_path_factory.mktemp("server")
-    index = build_case_index(tmp_path_factory.mktemp("cases"), shared_data)
+    index = build_case_index(tmp_path_factory.mktemp("cases"), generated_images)
     database = Database(ServerSettings(data_dir=data).url)
     tokens = {}
     for name, role in (("alice", "clinician"), ("bob", "clinician"), ("root", "admin")):
@@ -65,22 +69,16 @@ def live(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def melanoma(shared_data: Path) -> Path:
-    with (shared_data / "ham10000" / "labels.csv").open(newline="") as fh:
-        row = next(r for r in csv.DictReader(fh) if r["label"] == "mel")
-    return shared_data / "ham10000" / row["file"]
+def melanoma(melanoma_photo: Path) -> Path:
+    """A drawn melanoma JPEG, and (``real_data``) a real HAM10000 one."""
+    return melanoma_photo
 
 
 def with_gps(path: Path) -> bytes:
-    """The photo re-saved with a GPS position and a camera model in its EXIF."""
-    image = Image.open(path).convert("RGB")
-    exif = Image.Exif()
-    exif[0x0110] = "PhoneCam 12"  # Model
-    exif[0x8825] = {1: "N", 2: (51.0, 30.0, 0.0), 3: "W", 4: (0.0, 7.0, 0.0)}  # GPS IFD
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", exif=exif)
-    data = buffer.getvalue()
-    assert Image.open(io.BytesIO(data)).getexif().get_ifd(0x8825)  # the GPS block is there
+    """The photo re-saved with a GPS position and a camera make and model in its EXIF."""
+    data = drawn.encode(Image.open(path).convert("RGB"), "JPEG", exif=drawn.camera_exif())
+    tagged = Image.open(io.BytesIO(data)).getexif()
+    assert tagged.get_ifd(drawn.GPS_IFD)[2] == drawn.GPS_LATITUDE  # the GPS block is there
     return data
 
 
@@ -147,6 +145,7 @@ def test_a_case_from_upload_to_deletion(live: Live, melanoma: Path) -> None:
         image = Image.open(io.BytesIO(stored.content))
         assert len(image.getexif()) == 0 and "exif" not in image.info
         assert image.size == Image.open(melanoma).size
+        assert drawn.CAMERA[1].encode() not in stored.content
 
         # another clinician cannot see it; an admin can
         assert bob.get(f"/api/cases/{case_id}").status_code == 404
@@ -192,6 +191,30 @@ def test_diagnose_and_concepts_equal_the_library(live: Live, melanoma: Path) -> 
             assert a["label"] == b.label and abs(a["probability"] - b.probability) < 1e-4
         concepts = alice.post("/api/concepts", files={"image": ("m.jpg", melanoma.read_bytes())})
         assert concepts.status_code == 200 and concepts.json()["scores"]
+
+
+def test_a_phone_photo_is_diagnosed_like_the_library_and_stored_without_gps(
+    live: Live, phone_jpeg: Path
+) -> None:
+    """A 4000x3000 phone JPEG with camera EXIF and a GPS position."""
+    import dermfm
+
+    expected = dermfm.diagnose(phone_jpeg, labels="assistant")
+    upload = phone_jpeg.read_bytes()
+    assert Image.open(phone_jpeg).getexif().get_ifd(drawn.GPS_IFD)
+    with live.client() as alice:
+        got = alice.post("/api/diagnose", files={"image": ("IMG_0001.jpg", upload)})
+        assert got.status_code == 200, got.text
+        for a, b in zip(got.json()["predictions"], expected.predictions, strict=True):
+            assert a["label"] == b.label and abs(a["probability"] - b.probability) < 1e-4
+        created = alice.post("/api/cases", files={"image": ("IMG_0001.jpg", upload)})
+        assert created.status_code == 201, created.text
+        stored = alice.get(f"/api/cases/{created.json()['case']['case_id']}/image").content
+    image = Image.open(io.BytesIO(stored))
+    assert image.size == (4000, 3000)
+    assert len(image.getexif()) == 0 and "exif" not in image.info
+    for marker in (b"Exif", *(part.encode() for part in drawn.CAMERA), b"2026:01:02"):
+        assert marker not in stored
 
 
 def test_bad_uploads_get_clear_errors(live: Live, tmp_path: Path) -> None:
