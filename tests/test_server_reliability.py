@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import images as drawn
 import pytest
 
 import dermfm
@@ -82,8 +83,30 @@ def _dermfm(*args: object, data: Path, **kwargs: object) -> subprocess.Completed
     )
 
 
+@pytest.fixture(params=["drawn", pytest.param("real", marks=pytest.mark.real_data)])
+def upload_photos(request: pytest.FixtureRequest, tmp_path: Path) -> list[Path]:
+    """40 distinct photos to upload: drawn JPEGs (every lesion kind and skin type, some with a
+    ruler and camera EXIF with GPS), and (``real_data``) the first 40 HAM10000 photos."""
+    if request.param == "drawn":
+        kinds, tones = list(drawn.LESIONS), list(drawn.SKIN_TONES)
+        return [
+            drawn.save(
+                drawn.skin_photo(
+                    320, 240, kind=kinds[i % 7], seed=i, tone=tones[i % 6], ruler=i % 3 == 0
+                ),
+                tmp_path / "photos" / f"upload_{i:02d}.jpg",
+                exif=drawn.camera_exif() if i % 2 else None,
+            )
+            for i in range(40)
+        ]
+    shared_data = request.getfixturevalue("shared_data")
+    with (shared_data / "ham10000" / "labels.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))[:40]
+    return [shared_data / "ham10000" / r["file"] for r in rows]
+
+
 def test_sigkill_during_writes_loses_no_acknowledged_case(
-    shared_data: Path, tmp_path: Path
+    upload_photos: list[Path], tmp_path: Path
 ) -> None:
     if not DERMFM.exists():
         pytest.skip("the dermfm console script is not installed")
@@ -95,9 +118,7 @@ def test_sigkill_during_writes_loses_no_acknowledged_case(
         == 0
     )
     token = _dermfm("server", "token", "create", "w", data=data).stdout.strip()
-    with (shared_data / "ham10000" / "labels.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))[:40]
-    photos = [shared_data / "ham10000" / r["file"] for r in rows]
+    photos = upload_photos
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
