@@ -17,6 +17,7 @@ import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import images as drawn
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
@@ -498,8 +499,20 @@ def test_migrations_create_exactly_the_models(tmp_path: Path) -> None:
 # --- images -----------------------------------------------------------------------------------
 
 
-def test_gps_and_all_metadata_are_stripped(real_images, tmp_path: Path) -> None:
-    source = next(path for path, _ in real_images if path.suffix.lower() == ".jpg")
+@pytest.fixture(params=["drawn", "phone", pytest.param("real", marks=pytest.mark.real_data)])
+def camera_jpeg(request: pytest.FixtureRequest) -> Path:
+    """A JPEG photo: drawn (600x450), a drawn 4000x3000 phone photo, and (``real_data``) a real
+    one."""
+    if request.param == "phone":
+        return request.getfixturevalue("phone_jpeg")
+    photos = request.getfixturevalue(
+        "generated_images" if request.param == "drawn" else "real_images"
+    )
+    return next(path for path, _ in photos if path.suffix.lower() == ".jpg")
+
+
+def test_gps_and_all_metadata_are_stripped(camera_jpeg: Path, tmp_path: Path) -> None:
+    source = camera_jpeg
     with Image.open(source) as original:
         exif = Image.Exif()
         exif[0x010F] = "PhoneMaker"  # Make
@@ -532,6 +545,27 @@ def test_gps_and_all_metadata_are_stripped(real_images, tmp_path: Path) -> None:
     assert sha == hashlib.sha256(clean).hexdigest()
     assert stored.path(sha) == tmp_path / "images" / sha[:2] / f"{sha}.jpg"
     assert stored.path(sha).read_bytes() == clean
+
+
+@pytest.mark.parametrize("fmt", ["WEBP", "HEIF", "PNG"])
+def test_gps_is_stripped_from_webp_heic_and_png(fmt: str) -> None:
+    """Phone photos also come as HEIC and WebP (and PNG may carry an EXIF chunk): the stored
+    file has the pixels, upright, and no camera, date or position."""
+    if fmt == "HEIF" and not drawn.heic_available():
+        pytest.skip("HEIC needs the pillow-heif package (pip install pillow-heif)")
+    image = drawn.skin_photo(400, 300, kind="nv", seed=3, tone="IV", ruler=True)
+    # HEIF turns images by its own transform boxes, never by the EXIF orientation
+    sideways = fmt != "HEIF"
+    tagged = drawn.encode(image, fmt, exif=drawn.camera_exif(orientation=6 if sideways else None))
+    with Image.open(io.BytesIO(tagged)) as check:  # the upload really carries a position
+        assert check.getexif().get_ifd(GPS_IFD)[2] == drawn.GPS_LATITUDE
+    clean, extension = strip_metadata(tagged, f"photo.{fmt.lower()}")
+    assert extension == (".png" if fmt == "PNG" else ".jpg")
+    with Image.open(io.BytesIO(clean)) as stripped:
+        assert stripped.size == ((300, 400) if sideways else (400, 300))  # turned upright
+        assert len(stripped.getexif()) == 0 and "exif" not in stripped.info
+    for marker in (b"Exif", *(part.encode() for part in drawn.CAMERA), b"2026:01:02"):
+        assert marker not in clean
 
 
 def test_png_text_and_orientation(tmp_path: Path) -> None:
