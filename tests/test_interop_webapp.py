@@ -1,7 +1,6 @@
 """The web app opens a study of the configured PACS (issue 16, part 5): a real ``dermfm serve
 --pacs`` process with the tiny model, Orthanc on loopback, Debian's Chromium through Playwright.
-(The codes beside the candidates and the FHIR download are checked in test_server_webapp.py,
-whose photos come from ``../shared/data``.)"""
+(The codes beside the candidates and the FHIR download are checked in test_server_webapp.py.)"""
 
 from __future__ import annotations
 
