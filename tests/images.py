@@ -211,7 +211,7 @@ def skin_photo(
     width: int = 600,
     height: int = 450,
     *,
-    kind: str = "mel",
+    kind: str | None = "mel",
     seed: int = 0,
     tone: str = "III",
     ruler: bool = False,
