@@ -146,12 +146,37 @@ def _parameter(kind: str) -> tuple[str | None, list[int]]:
     return None, []
 
 
+def read_mapped(path: str, factory: str) -> Any:
+    """Open a written index read-only with its bulk data memory-mapped, not read: the inverted
+    lists of an IVF index (``IO_FLAG_MMAP``), the stored codes of the others, e.g. the vectors
+    of ``Flat`` or under an HNSW graph (``IO_FLAG_MMAP_IFC``; FAISS refuses both flags on an
+    IVF index). Processes opening the same file share its pages; the graph itself is read."""
+    import faiss
+
+    mapping = faiss.IO_FLAG_MMAP if "IVF" in factory else faiss.IO_FLAG_MMAP_IFC
+    return faiss.read_index(path, mapping | faiss.IO_FLAG_READ_ONLY)
+
+
 def set_parameter(index: Any, parameter: str | None, value: int | None) -> None:
     """Set a search parameter (``efSearch``, ``nprobe``) through FAISS's ParameterSpace."""
     import faiss
 
     if parameter and value is not None:
         faiss.ParameterSpace().set_index_parameter(index, parameter, value)
+
+
+def _skip_polysemous_training(index: Any) -> None:
+    """Turn off the polysemous code reordering that FAISS's index factory enables for
+    ``IVFk,PQm`` (unless written ``PQmnp``). It only serves polysemous search (a Hamming
+    pre-filter dermfm never enables), yet its simulated annealing is a fixed cost per
+    sub-quantizer, whatever the data size: about 19 of the 20 CPU seconds of training
+    ``IVF32,PQ8`` on 4,000 vectors."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    ivf = faiss.downcast_index(ivf) if ivf is not None else None
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        ivf.do_polysemous_training = False
 
 
 def build(
@@ -178,6 +203,7 @@ def build(
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
+    _skip_polysemous_training(index)
     needs_training = not index.is_trained
     if train_size is None:
         train_size = max(10_000, 50 * _ivf_lists(n)) if needs_training else 0

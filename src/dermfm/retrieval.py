@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from dermfm import ann
 from dermfm.cache import atomic_write_bytes
 from dermfm.errors import ImageError, IndexStoreError
 from dermfm.io import ImageInput, expand_frames, find_images, image_digest
@@ -245,7 +246,6 @@ class Index:
         """
         import faiss
 
-        from dermfm import ann
         from dermfm.store import EmbeddingStore
 
         folder = Path(folder)
@@ -354,9 +354,7 @@ class Index:
         if self.meta.get("store"):
             path = self.folder / "vectors.faiss"
             try:
-                self._faiss = faiss.read_index(
-                    str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
-                )
+                self._faiss = ann.read_mapped(str(path), self.meta["factory"])
             except RuntimeError:
                 try:  # an index type FAISS cannot map: read into memory
                     self._faiss = faiss.read_index(str(path))
@@ -365,9 +363,7 @@ class Index:
                         f"{path}: unreadable ({exc}); rebuild it with dermfm index build "
                         f"--from-store {self.meta['store']}"
                     ) from None
-            from dermfm.ann import set_parameter
-
-            set_parameter(self._faiss, self.meta.get("parameter"), self.meta.get("value"))
+            ann.set_parameter(self._faiss, self.meta.get("parameter"), self.meta.get("value"))
             self._ids = None
             return
         ids = np.array(
