@@ -99,10 +99,10 @@ class BuildReport:
     Attributes:
         factory, kind: the FAISS index built.
         vectors: vectors indexed; trained_on: training sample size (0: no training needed).
-        queries: held-aside queries recall was measured on.
+        queries: the last vectors, searched (before being added) to measure recall.
         parameter, value: the tuned search parameter (``efSearch``, ``nprobe``), if any.
-        recall_at_10: mean fraction of a held-aside stored vector's exact 10 nearest others
-            (inner product, itself left out) that the index returns.
+        recall_at_10: mean fraction of a query's exact 10 nearest indexed vectors (inner
+            product) that the index returns.
         seconds: build time (training + adding + tuning); index_bytes: size on disk (set by
             the caller that writes it).
     """
@@ -123,17 +123,12 @@ class BuildReport:
         return asdict(self)
 
 
-def recall_at(
-    found: np.ndarray, exact: np.ndarray, k: int = 10, own: np.ndarray | None = None
-) -> float:
-    """Mean fraction of each row's exact top ``k`` present in its found top ``k``; with
-    ``own`` (each query's own id, when queries are indexed vectors) that id is dropped from
-    both lists first, so a query finding itself earns nothing."""
+def recall_at(found: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
+    """Mean fraction of each row's exact top ``k`` present in its found top ``k``."""
     hits = []
-    for row, (f, e) in enumerate(zip(found, exact, strict=True)):
-        skip = {-1} if own is None else {-1, int(own[row])}
-        f_ids = [x for x in f.tolist() if x not in skip][:k]
-        e_ids = [x for x in e.tolist() if x not in skip][:k]
+    for f, e in zip(found, exact, strict=True):
+        f_ids = [x for x in f.tolist() if x != -1][:k]
+        e_ids = [x for x in e.tolist() if x != -1][:k]
         hits.append(len(set(f_ids) & set(e_ids)) / max(len(e_ids), 1))
     return float(np.mean(hits)) if hits else 1.0
 
@@ -194,9 +189,13 @@ def build(
     twice: a sampling pass and an adding pass, so the vectors need not fit in memory).
 
     Training uses a random sample (``train_size``, default 50 vectors per IVF list, at least
-    10,000); ``queries`` other random vectors are held aside as queries, their exact top 10
-    found by streaming exact search during the adding pass; the search parameter is set to the
-    smallest value reaching ``target_recall`` (else the best measured) and recall@10 reported.
+    10,000). The last ``queries`` vectors (at most half) are the queries: they are added only
+    after tuning, so, like a new image, they are not in the index when searched (a graph holding
+    a query's own node leads straight to its neighbours: on 100,000 clustered vectors HNSW's
+    recall on indexed vectors was 0.95 where unseen ones got 0.78). Their exact top 10 among the
+    others comes from streaming exact search during the adding pass; the search parameter is set
+    to the smallest value reaching ``target_recall`` (else the best measured) and recall@10
+    reported.
     """
     import faiss
 
@@ -208,35 +207,33 @@ def build(
     if train_size is None:
         train_size = max(10_000, 50 * _ivf_lists(n)) if needs_training else 0
     train_size = min(train_size, n)
-    n_queries = min(queries, n)
-    order = rng.permutation(n)
-    query_rows = np.sort(order[:n_queries])
-    train_rows = np.sort(order[n_queries : n_queries + train_size]) if needs_training else []
-    if needs_training and len(train_rows) < train_size:
-        train_rows = np.sort(order[:train_size])
-    wanted = np.zeros(n, np.uint8)
-    wanted[query_rows] |= 1
-    wanted[train_rows] |= 2
+    indexed = n - min(queries, n // 2)
+    pool = indexed if train_size <= indexed else n
+    train_rows = np.sort(rng.permutation(pool)[:train_size]) if needs_training else []
+    wanted = np.zeros(n, bool)
+    wanted[train_rows] = True
     sample, query = [], []
     offset = 0
     for batch in batches():
-        flags = wanted[offset : offset + len(batch)]
-        sample.append(batch[(flags & 2) > 0])
-        query.append(batch[(flags & 1) > 0])
+        sample.append(batch[wanted[offset : offset + len(batch)]])
+        query.append(batch[max(indexed - offset, 0) :])
         offset += len(batch)
     if offset != n:
         raise ValueError(f"the vectors changed while indexing: {offset} read, {n} expected")
-    q = np.ascontiguousarray(np.concatenate(query)) if query else np.empty((0, dim), "f4")
+    q = np.ascontiguousarray(np.concatenate(query), dtype=np.float32)
     if needs_training:
         index.train(np.ascontiguousarray(np.concatenate(sample)))
-    heap = faiss.ResultHeap(len(q), 11, keep_max=True) if len(q) else None
+    del sample
+    heap = faiss.ResultHeap(len(q), 10, keep_max=True) if len(q) else None
     offset = 0
-    for batch in batches():
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+    for batch in batches():  # the rows before ``indexed``; the queries are added after tuning
+        batch = np.ascontiguousarray(batch[: max(indexed - offset, 0)], dtype=np.float32)
+        if not len(batch):
+            break
         index.add(batch)
         if heap is not None:
             scores = q @ batch.T
-            top = min(11, batch.shape[0])
+            top = min(10, batch.shape[0])
             best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
             heap.add_result(
                 np.take_along_axis(scores, best, 1).astype("f4"), (best + offset).astype("i8")
@@ -248,7 +245,7 @@ def build(
         exact = heap.I
         parameter, values = _parameter(plan.kind)
         if parameter is None:
-            recall = recall_at(index.search(q, 11)[1], exact, own=query_rows)
+            recall = recall_at(index.search(q, 10)[1], exact)
         else:
             best_recall = -1.0
             for v in values:
@@ -257,7 +254,7 @@ def build(
                 ):
                     break
                 set_parameter(index, parameter, v)
-                measured = recall_at(index.search(q, 11)[1], exact, own=query_rows)
+                measured = recall_at(index.search(q, 10)[1], exact)
                 if measured > best_recall + 1e-9:
                     best_recall, value = measured, v
                 if measured >= target_recall:
@@ -266,6 +263,7 @@ def build(
                     break
             set_parameter(index, parameter, value)
             recall = best_recall
+        index.add(q)
     seconds = time.perf_counter() - start
     report = BuildReport(
         factory=plan.factory,
