@@ -4,7 +4,9 @@ loading code), real images from ../shared/data, generated image files.
 Tests that prove a headline claim run on photos drawn by ``tests/images.py`` (skin, lesions,
 rulers, EXIF/GPS, PNG/WebP/HEIC, phone-size JPEGs), so a clean clone runs them. Their versions on
 real photos take ``skin_images`` / ``melanoma_photo``'s ``real`` parameter, marked ``real_data``:
-without ``../shared/data`` those are deselected (the run's header says so), not skipped."""
+without ``../shared/data`` those, and every test that reads the real datasets through the
+``shared_data`` fixture, are deselected (the run's header says so), not skipped: a clean clone's
+skips are then only missing optional system parts, each with its reason."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "real_data: the real-photo version of a test that also runs on drawn photos; "
-        "deselected when ../shared/data is missing",
+        "deselected when ../shared/data is missing (as is every test using the shared_data "
+        "fixture: dataset readers, splits and figures measured on the real test splits)",
     )
 
 
@@ -40,18 +43,26 @@ def pytest_report_header(config: pytest.Config) -> str:
     if _have_shared_data():
         return f"real data: {SHARED} (tests run on drawn and on real photos)"
     return (
-        f"real data: {SHARED} is missing: real-photo versions (marker real_data) are "
-        "deselected; their drawn-photo versions run"
+        f"real data: {SHARED} is missing: tests on real photos and datasets (marker "
+        "real_data, or the shared_data fixture) are deselected; the drawn-photo versions of "
+        "the headline tests run"
+    )
+
+
+def _needs_real_data(item: pytest.Item) -> bool:
+    """Marked ``real_data``, or using the real data folder (directly or through a fixture)."""
+    return bool(item.get_closest_marker("real_data")) or "shared_data" in getattr(
+        item, "fixturenames", ()
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if _have_shared_data():
         return
-    real = [item for item in items if item.get_closest_marker("real_data")]
+    real = [item for item in items if _needs_real_data(item)]
     if real:
         config.hook.pytest_deselected(items=real)
-        items[:] = [item for item in items if not item.get_closest_marker("real_data")]
+        items[:] = [item for item in items if not _needs_real_data(item)]
 
 
 @pytest.fixture(autouse=True, scope="session")
