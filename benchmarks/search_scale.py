@@ -5,9 +5,13 @@ cluster centres (embedding-like structure), builds each index through :func:`der
 (the code ``dermfm index build --from-store`` runs: training sample, tuned search parameter,
 recall@10 on held-aside queries), and measures in the same run:
 
-* build time and size on disk (and the process's peak resident memory after the build);
+* build time (wall-clock, and CPU seconds of all threads) and size on disk (and the process's
+  peak resident memory after the build);
 * single-query latency p50 / p99 over ``--queries`` fresh queries (perturbed stored vectors,
-  never indexed), FAISS limited to ``--threads`` threads;
+  never indexed), FAISS limited to ``--threads`` threads, after one batched pass over them
+  (the pages a serving process has warm): wall-clock, and the CPU time of the searching thread
+  (FAISS runs a single query on one thread), which is the latency on an otherwise idle core
+  and is what a busy machine's wall-clock figures cannot show;
 * recall@10 of those queries against exact (brute-force) search;
 * ratios against flat, and whether the automatic choice for the size (``plan_index``) meets
   p99 <= 20 ms and recall@10 >= 0.95.
@@ -62,21 +66,25 @@ def measure(kind: str, vectors: np.ndarray, queries: np.ndarray, exact: np.ndarr
     n, dim = vectors.shape
     plan = ann.plan_index(n, dim, kind)
     batches = lambda: (vectors[i : i + 65536] for i in range(0, n, 65536))  # noqa: E731
+    start_cpu = time.process_time()
     index, report = ann.build(batches, n, dim, plan, queries=min(1000, n // 10))
+    build_cpu = time.process_time() - start_cpu
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "index.faiss"
         faiss.write_index(index, str(path))
         size = path.stat().st_size
         del index
-        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        index = ann.read_mapped(str(path), plan.factory)
         ann.set_parameter(index, report.parameter, report.value)
-        latencies, found = [], []
+        index.search(queries, 10)  # one batched pass maps the pages a server would have warm
+        wall, cpu, found = [], [], []
         for q in queries:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             _, ids = index.search(q[None, :], 10)
-            latencies.append(time.perf_counter() - start)
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.thread_time() - start_cpu)
             found.append(ids[0])
-    ms = np.asarray(latencies) * 1000
+    ms, cpu_ms = np.asarray(wall) * 1000, np.asarray(cpu) * 1000
     return {
         "n": n,
         "dim": dim,
@@ -84,10 +92,13 @@ def measure(kind: str, vectors: np.ndarray, queries: np.ndarray, exact: np.ndarr
         "factory": plan.factory,
         "parameter": f"{report.parameter}={report.value}" if report.parameter else "",
         "build_s": round(report.seconds, 2),
+        "build_cpu_s": round(build_cpu, 2),
         "disk_mb": round(size / 1e6, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "p50_ms": round(float(np.percentile(ms, 50)), 3),
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "cpu_p50_ms": round(float(np.percentile(cpu_ms, 50)), 3),
+        "cpu_p99_ms": round(float(np.percentile(cpu_ms, 99)), 3),
         "recall_at_10": round(ann.recall_at(np.asarray(found), exact), 4),
         "build_recall_at_10": report.recall_at_10,
     }
@@ -123,28 +134,22 @@ def main() -> None:
         auto = ann.plan_index(args.n, dim)
         chosen = next((r for r in rows if r["dim"] == dim and r["kind"] == auto.kind), None)
         if chosen is not None:
-            ok = chosen["p99_ms"] <= 20 and chosen["recall_at_10"] >= 0.95
-            print(
-                json.dumps(
-                    {
-                        "dim": dim,
-                        "default_for_n": auto.factory,
-                        "p99_ms": chosen["p99_ms"],
-                        "recall_at_10": chosen["recall_at_10"],
-                        "meets_p99_20ms_recall_0.95": ok,
-                    }
-                ),
-                flush=True,
-            )
-    print("\n| n | dim | index | param | build s | disk MB | p50 ms | p99 ms | recall@10 | "
-          "p99 vs flat |")  # fmt: skip
+            summary = {"dim": dim, "default_for_n": auto.factory}
+            summary |= {k: chosen[k] for k in ("p99_ms", "cpu_p99_ms", "recall_at_10")}
+            for clock in ("p99_ms", "cpu_p99_ms"):
+                ok = chosen[clock] <= 20 and chosen["recall_at_10"] >= 0.95
+                summary[f"meets_{clock}_20_recall_0.95"] = ok
+            print(json.dumps(summary), flush=True)
+    print("\n| n | dim | index | param | build s | disk MB | p50 / p99 ms | CPU p50 / p99 ms | "
+          "recall@10 | CPU p99 vs flat |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         flat = next((f for f in rows if f["dim"] == r["dim"] and f["kind"] == "flat"), None)
-        ratio = f"{r['p99_ms'] / flat['p99_ms']:.3f}" if flat and flat["p99_ms"] else ""
+        ratio = f"{r['cpu_p99_ms'] / flat['cpu_p99_ms']:.3f}" if flat and flat["cpu_p99_ms"] else ""
         print(
             f"| {r['n']} | {r['dim']} | {r['factory']} | {r['parameter']} | {r['build_s']} | "
-            f"{r['disk_mb']} | {r['p50_ms']} | {r['p99_ms']} | {r['recall_at_10']} | {ratio} |"
+            f"{r['disk_mb']} | {r['p50_ms']} / {r['p99_ms']} | {r['cpu_p50_ms']} / "
+            f"{r['cpu_p99_ms']} | {r['recall_at_10']} | {ratio} |"
         )
 
 
