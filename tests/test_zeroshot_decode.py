@@ -56,6 +56,19 @@ def test_default_decode_equals_a_plain_pil_pipeline(bundled, phone_photo: Path) 
     np.testing.assert_allclose([got[n] for n in names], expected.numpy(), atol=1e-6)
 
 
+def test_every_embedding_path_decodes_at_full_resolution_by_default(
+    bundled, phone_photo: Path
+) -> None:
+    # concepts, retrieval and the SAE embed through embed_images with its defaults
+    reference = ImageOps.exif_transpose(Image.open(phone_photo)).convert("RGB")
+    with torch.inference_mode():
+        expected = bundled.encode_images(bundled.preprocess(reference)[None])[0]
+    got = bundled.embed_images([phone_photo]).vectors[0]
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-6)
+    fast = bundled.embed_images([phone_photo], fast_decode=True).vectors[0]
+    assert float((fast - expected).abs().max()) > 1e-4
+
+
 def test_fast_decode_is_the_reduced_scale_jpeg_decode(bundled, phone_photo: Path) -> None:
     # the fast path decodes at the smallest JPEG scale keeping twice the model input
     draft = Image.open(phone_photo)
