@@ -365,3 +365,30 @@ def test_tta_embeddings_are_cached_under_their_own_keys(model, folder: Path) -> 
     assert not torch.allclose(plain, augmented)
     dx = dermfm.diagnose(records[0].image, model=model, labels="ham7", tta=True, adapter=False)
     assert dx.tta
+
+
+def test_probe_is_class_balanced_like_scikit_learn() -> None:
+    # 90 % of the training embeddings belong to class 0: an unweighted probe would favour it
+    rng = np.random.default_rng(3)
+    centres = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(2, 16))), dim=-1)
+
+    def draw(counts: tuple[int, int]) -> tuple[torch.Tensor, np.ndarray]:
+        y = np.repeat([0, 1], counts)
+        x = centres[y] + 0.9 * torch.from_numpy(rng.normal(size=(len(y), 16)))
+        return torch.nn.functional.normalize(x, dim=-1).float(), y
+
+    train_x, train_y = draw((270, 30))
+    val_x, val_y = draw((40, 40))
+    adapter = Adapter(cache_shots=4).fit(
+        train_x, train_y, val_x, val_y, val_x @ centres.float().T, logit_scale=10.0
+    )
+    from sklearn.linear_model import LogisticRegression
+
+    reference = LogisticRegression(
+        C=adapter.probe_.C_, max_iter=1000, solver="lbfgs", class_weight="balanced"
+    ).fit(train_x.double().numpy(), train_y)
+    expected = reference.predict_proba(val_x.double().numpy())
+    got = adapter.probe_.predict_proba(val_x.numpy())
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # balanced: the rare class is predicted about as often as it occurs in the balanced val set
+    assert 0.3 < float((got[:, 1] > 0.5).mean()) < 0.7
