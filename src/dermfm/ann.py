@@ -135,7 +135,7 @@ def recall_at(found: np.ndarray, exact: np.ndarray, k: int = 10) -> float:
 
 def _parameter(kind: str) -> tuple[str | None, list[int]]:
     if kind == "hnsw":
-        return "efSearch", [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]
+        return "efSearch", [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048]
     if kind == "ivfpq":
         return "nprobe", [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024]
     return None, []
