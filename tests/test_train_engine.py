@@ -192,7 +192,7 @@ def test_config_errors_name_the_problem(tmp_path: Path, manifest: Path) -> None:
         load_config(_config(tmp_path, manifest, "parts"), ["loss.kind=triplet"])
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
-    assert load_config("bundled").model.init == "previous"  # the last of its two stages
+    assert load_config("bundled").model.init == "previous"  # the last of its stages
 
 
 def test_dual_encoder_trains_every_objective_and_exports_a_loadable_model(
@@ -411,13 +411,17 @@ def test_staged_recipe_warm_starts_each_stage_and_resizes_progressively(
         load_stages(recipe)
 
 
-def test_packaged_bundled_recipe_has_its_three_stages_on_all_six_sources() -> None:
+def test_packaged_bundled_recipe_has_its_four_stages_on_all_six_sources() -> None:
     from dermfm.train import load_stages
 
-    (_, first), (_, second), (_, third) = load_stages("bundled")
-    assert first.model.init == "parts" and second.model.init == third.model.init == "previous"
+    (_, first), (_, second), (_, third), (_, fourth) = load_stages("bundled")
+    assert first.model.init == "parts"
+    assert second.model.init == third.model.init == fourth.model.init == "previous"
     assert second.model.image_size == 224 and second.model.frozen_image_blocks == 0
     assert max(second.model.resize_schedule.values()) == 224
     assert len(second.data.sources) == 6 and second.run.precision == "bf16"
     assert third.model.image_size == 224 and not third.model.resize_schedule
     assert third.data.sources == second.data.sources and third.run.precision == "fp32"
+    # stage 4 restarts stage 3's schedule at a lower peak, with a new sample order
+    assert fourth.model.image_size == 224 and fourth.data.sources == third.data.sources
+    assert fourth.optim.lr < third.optim.lr and fourth.run.seed != third.run.seed
