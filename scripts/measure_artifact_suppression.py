@@ -11,7 +11,7 @@ all with 95% cluster-bootstrap intervals (paired on the test images).
 
 Experiments (../shared/data, test split for testing, train split for training):
 * HAM10000 melanoma vs nevus, with a ruler, purple ink or hair drawn on
-  (:func:`dermfm.interpret.artifacts.add_artifact`);
+  (:func:`dermfm.interpret.synthetic.add_artifact`);
 * DermNet NZ, its two largest conditions, with the real DermNet watermark corner (the photo as
   published) vs the same photo with the corner blanked.
 
@@ -50,7 +50,7 @@ def balanced(records: list, labels: tuple[str, str], n: int, seed: int) -> list:
 
 def render(split: dict[str, Any], i: int, real_watermark: bool) -> Any:
     """Image ``i`` of a shortcut split; DermNet's artifact is its own unmasked watermark."""
-    from dermfm.interpret.artifacts import shortcut_image
+    from dermfm.interpret.synthetic import shortcut_image
     from dermfm.io import load_image
 
     if real_watermark and split["artifact"][i]:
@@ -170,8 +170,8 @@ def main() -> int:
     import dermfm
     from dermfm.data import read_dataset
     from dermfm.interpret import default_sae_folder, load_suppressor
-    from dermfm.interpret.artifacts import shortcut_split
     from dermfm.interpret.sae import load_sae
+    from dermfm.interpret.synthetic import shortcut_split
 
     model = dermfm.load_model()
     folder = args.sae or default_sae_folder(model)

@@ -15,19 +15,21 @@ from dermfm.data.manifest import Record
 from dermfm.errors import KnowledgeError, SourceError
 from dermfm.evaluate.probe import LinearProbe
 from dermfm.interpret.artifacts import (
-    ArtifactKind,
     ArtifactSuppressor,
     LatentScore,
+    by_contrast,
+    by_names,
+    project_out,
+    zero_latents,
+)
+from dermfm.interpret.synthetic import (
+    ArtifactKind,
     add_artifact,
     artifact_kinds,
     artifact_terms,
-    by_contrast,
-    by_names,
     draw_hair,
-    project_out,
     shortcut_image,
     shortcut_split,
-    zero_latents,
 )
 from dermfm.io import load_image
 from dermfm.knowledge import load_concepts

@@ -24,7 +24,7 @@ scores (:class:`LatentScore`, best first):
   artifact term. Only as good as the model's image-text alignment.
 
 **Synthetic artifacts** and the artifact kinds of ``artifacts.yaml`` are in
-:mod:`~dermfm.interpret.synthetic`; their names are re-exported here.
+:mod:`~dermfm.interpret.synthetic`.
 """
 
 from __future__ import annotations
@@ -41,41 +41,17 @@ from numpy.typing import NDArray
 from dermfm.errors import SourceError
 from dermfm.evaluate.retrieval import as_matrix
 from dermfm.interpret.synthetic import (
-    ArtifactKind,
-    add_artifact,
     artifact_kind,
     artifact_kinds,
     artifact_terms,
-    dark_corners,
-    draw_hair,
-    draw_ink,
-    draw_ruler,
-    draw_sticker,
-    gel_bubbles,
-    shortcut_image,
-    shortcut_split,
-    watermark,
 )
 
 __all__ = [
-    "ArtifactKind",
     "ArtifactSuppressor",
     "LatentScore",
-    "add_artifact",
-    "artifact_kinds",
-    "artifact_terms",
     "by_contrast",
     "by_names",
-    "dark_corners",
-    "draw_hair",
-    "draw_ink",
-    "draw_ruler",
-    "draw_sticker",
-    "gel_bubbles",
     "project_out",
-    "shortcut_image",
-    "shortcut_split",
-    "watermark",
     "zero_latents",
 ]
 

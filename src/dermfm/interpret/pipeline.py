@@ -241,7 +241,7 @@ def find_artifacts(
     """The artifact latents of ``sae``, by contrast: for each artifact kind, the SAE codes of
     ``n`` images with the artifact against the same images without it.
 
-    Artifacts are drawn on (:func:`~dermfm.interpret.artifacts.add_artifact`), except the
+    Artifacts are drawn on (:func:`~dermfm.interpret.synthetic.add_artifact`), except the
     watermark when records carry a real one behind their ``mask_box`` (DermNet): then the
     images with and without their mask are compared. Returns the
     :class:`~dermfm.interpret.artifacts.ArtifactSuppressor` and the latents found per kind.
