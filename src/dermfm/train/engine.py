@@ -44,8 +44,15 @@ from dermfm.data import (
 from dermfm.data.shards import ShardDataset
 from dermfm.evaluate.tasks import diagnosis_report, embed_records
 from dermfm.knowledge import load_ontology
+from dermfm.models.base import DermModel
 from dermfm.progress import progress
-from dermfm.train.config import PREVIOUS_STAGE, ConfigError, TrainConfig, load_stages
+from dermfm.train.config import (
+    PREVIOUS_STAGE,
+    ConfigError,
+    TrainConfig,
+    ValidationSection,
+    load_stages,
+)
 from dermfm.train.losses import (
     clip_loss,
     local_alignment_loss,
@@ -419,22 +426,19 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.config.optim
-        tower = {id(p) for p in self.model.image_tower_parameters()}
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        lrs = {id(p): o.image_tower_lr for p in self.model.image_tower_parameters()}
+        lrs.update({id(p): o.text_tower_lr for p in self.model.text_tower_parameters()})
+        groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
         for name, p in self.step_module.named_parameters():
             if not p.requires_grad:
                 continue
             decay = p.ndim >= 2 and "logit" not in name
-            groups.setdefault((decay, id(p) in tower), []).append(p)
-        tower_lr = o.image_tower_lr if o.image_tower_lr is not None else o.lr
+            lr = lrs.get(id(p))
+            groups.setdefault((decay, o.lr if lr is None else lr), []).append(p)
         return torch.optim.AdamW(
             [
-                {
-                    "params": ps,
-                    "weight_decay": o.weight_decay if decay else 0.0,
-                    "lr": tower_lr if in_tower else o.lr,
-                }
-                for (decay, in_tower), ps in groups.items()
+                {"params": ps, "weight_decay": o.weight_decay if decay else 0.0, "lr": lr}
+                for (decay, lr), ps in groups.items()
             ],
             betas=(0.9, 0.98),
             eps=1e-6,
@@ -605,15 +609,8 @@ class Trainer:
             return results
         self.step_module.eval()
         model = self.model.as_model(f"training:{time.time_ns()}")
-        cfg = self.config.validation
-        for source, label_set in cfg.label_sets.items():
-            records = [r for r in self.val_records if r.source == source]
-            if not records:
-                continue
-            split = embed_records(model, records)
-            with suppress(ValueError):  # no record of this source carries a label-set label
-                report = diagnosis_report(model, split, label_set, cfg.templates, n_boot=0)
-                results.update({f"val/{source}/{k}": e.value for k, e in report.items()})
+        metrics = validation_metrics(model, self.val_records, self.config.validation)
+        results.update({f"val/{k}": v for k, v in metrics.items()})
         self.step_module.train()
         return results
 
@@ -637,6 +634,24 @@ class Trainer:
         self.log.close()
         plot_metrics(self.output / "metrics.csv")
         return path
+
+
+def validation_metrics(
+    model: DermModel, records: Sequence[Record], section: ValidationSection
+) -> dict[str, float]:
+    """Zero-shot metrics (``source/metric``) of ``model`` on the ``records`` of each source
+    that ``section.label_sets`` names, scored on that source's label set: what training
+    validates with, and what ``scripts/compare_validation.py`` compares models with."""
+    results: dict[str, float] = {}
+    for source, label_set in section.label_sets.items():
+        chosen = [r for r in records if r.source == source]
+        if not chosen:
+            continue
+        split = embed_records(model, chosen)
+        with suppress(ValueError):  # no record of this source carries a label-set label
+            report = diagnosis_report(model, split, label_set, section.templates, n_boot=0)
+            results.update({f"{source}/{k}": e.value for k, e in report.items()})
+    return results
 
 
 def train(config: TrainConfig) -> Path | None:

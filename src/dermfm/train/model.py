@@ -90,6 +90,10 @@ class Trainable(nn.Module):
                 for p in params:
                     p.requires_grad_(not frozen)
         self.text_tower_frozen = section.freeze_text
+        #: Indices of the MiniLM layers that train inside an otherwise frozen text tower.
+        self.trained_text_layers: list[int] = []
+        if section.text_trainable_layers:
+            self._unfreeze_text_layers(section.text_trainable_layers)
         if self.is_dual:
             self.net.frozen_blocks = section.frozen_image_blocks
             for frozen, head in (
@@ -110,6 +114,19 @@ class Trainable(nn.Module):
             raise ConfigError("model.frozen_image_blocks applies to the dual encoder only")
         self.net.train()
 
+    def _unfreeze_text_layers(self, count: int) -> None:
+        if not self.is_dual:
+            raise ConfigError("model.text_trainable_layers applies to the dual encoder only")
+        layers = self.net.text.encoder.encoder.layer
+        if not 0 < count <= len(layers):
+            raise ConfigError(
+                f"model.text_trainable_layers must be between 1 and {len(layers)}, got {count}"
+            )
+        self.trained_text_layers = list(range(len(layers) - count, len(layers)))
+        for i in self.trained_text_layers:
+            layers[i].requires_grad_(True)
+        self.text_tower_frozen = False  # its features change: no caching
+
     def train(self, mode: bool = True) -> Trainable:
         """Training mode, except frozen towers, which stay in eval mode."""
         super().train(mode)
@@ -122,6 +139,17 @@ class Trainable(nn.Module):
         """Trainable pretrained image-tower weights (they may get their own learning rate)."""
         names = ("visual", "vision_model")
         return [p for m in self._parts(names) for p in m.parameters() if p.requires_grad]
+
+    def text_tower_parameters(self) -> list[nn.Parameter]:
+        """Trainable pretrained text-tower weights (they may get their own learning rate)."""
+        names = ("text", "transformer", "token_embedding", "text_model")
+        return [
+            p
+            for m in self._parts(names)
+            if isinstance(m, nn.Module)
+            for p in m.parameters()
+            if p.requires_grad
+        ]
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -187,8 +215,15 @@ class Trainable(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.is_dual:
+            partial = bool(self.trained_text_layers)
             return save_folder(
-                self.net, folder, {**metadata, "text_tower_trained": not self.text_tower_frozen}
+                self.net,
+                folder,
+                {
+                    **metadata,
+                    "text_tower_trained": not self.text_tower_frozen and not partial,
+                    "text_trained_layers": self.trained_text_layers,
+                },
             )
         if hasattr(self.net, "save_pretrained"):  # transformers
             self.net.save_pretrained(folder)
