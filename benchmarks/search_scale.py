@@ -1,4 +1,4 @@
-"""Search at scale: flat vs IVF-PQ (OPQ) vs HNSW over generated clustered vectors.
+"""Search at scale: flat vs IVF-Flat vs IVF-PQ (OPQ) vs HNSW over generated clustered vectors.
 
 For each dimension (256 and 512 by default) it generates ``--n`` unit vectors around random
 cluster centres (embedding-like structure), builds each index through :func:`dermfm.ann.build`
@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dims", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--kinds", nargs="+", default=["flat", "ivfpq", "hnsw"])
+    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "ivfpq", "hnsw"])
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)

@@ -11,9 +11,10 @@ An index is a folder:
 
 An index built from an embedding store (:meth:`Index.from_store`, ``dermfm index build
 --from-store``) holds no vectors in SQLite: its rows are the store's embedded rows (metadata
-only), ``vectors.faiss`` is any FAISS index (exact, IVF-PQ with OPQ, HNSW; chosen for the size
-and a memory budget by :mod:`dermfm.ann`) and is opened memory-mapped and read-only, so server
-workers share one copy and start without reading vectors. It grows by rebuilding from the store.
+only), ``vectors.faiss`` is any FAISS index (exact, IVF-Flat, IVF-PQ with OPQ, HNSW; chosen for
+the size and a memory budget by :mod:`dermfm.ann`), or ``vectors-NNN.faiss`` parts searched
+together (``shards``), opened memory-mapped and read-only, so server workers share one copy and
+start without reading vectors. It grows by rebuilding from the store.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +157,9 @@ class Index:
         #: FAISS row -> item id (``None``: the same numbers, as in a store-built index)
         self._ids: np.ndarray | None = np.empty(0, dtype=np.int64)
         self._faiss: Any = None
+        #: Opened parts of a store-built index ``(index, parameter, value)``, kept referenced
+        #: while a combined index searches them.
+        self._parts: list[tuple[Any, str | None, int | None]] = []
         self._trained_size = 0
         self._sync_faiss()
 
@@ -233,6 +238,7 @@ class Index:
         memory: int | None = None,
         factory: str | None = None,
         queries: int = 1000,
+        shards: int = 1,
         overwrite: bool = False,
     ) -> tuple[Index, Any]:
         """Build an index in ``folder`` over the embedded rows of an embedding store.
@@ -243,6 +249,12 @@ class Index:
         returned :class:`~dermfm.ann.BuildReport` gives recall@10 against exact search.
         Vectors stream from the store shard by shard; the index folder keeps metadata only.
         ``model`` (default: the store's) must be the model that wrote the store.
+
+        ``shards`` > 1 splits the index into that many parts over consecutive store rows, each
+        planned for its own size (``memory`` is the budget of all of them), built, tuned and
+        written in turn, so a build holds one part in memory; opened, the parts are searched
+        in parallel and merged as one index (:func:`~dermfm.ann.open_shards`), and the report
+        combines theirs (:func:`~dermfm.ann.combine_reports`).
         """
         import faiss
 
@@ -265,13 +277,15 @@ class Index:
         n = sum(len(v) for v, _ in opened.iter_vectors())
         if n == 0:
             raise IndexStoreError(f"{store}: the store holds no embedded image")
+        if not 1 <= shards <= n:
+            raise IndexStoreError(f"{store}: shards must be between 1 and {n}, got {shards}")
+        bounds = [n * k // shards for k in range(shards + 1)]
         if factory:
-            found = "hnsw" if "HNSW" in factory and "IVF" not in factory else "flat"
-            plan = ann.IndexPlan(factory, "ivfpq" if "IVF" in factory else found, 0, "given")
+            plan = ann.IndexPlan(factory, ann.factory_kind(factory), 0, "given")
         else:
-            plan = ann.plan_index(n, dim, kind, memory)
-        for name in ("items.sqlite", "vectors.faiss"):  # left by a build that did not finish
-            (folder / name).unlink(missing_ok=True)
+            budget = memory // shards if memory is not None else None
+            plan = ann.plan_index(bounds[1], dim, kind, budget)
+        cls._remove_files(folder)  # left by a build that did not finish
         folder.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(folder / "items.sqlite")
         db.execute(
@@ -291,15 +305,27 @@ class Index:
             row += len(chunk)
         db.commit()
         db.close()
-        try:
-            built, report = ann.build(
-                lambda: (v for v, _ in opened.iter_vectors()), n, dim, plan, queries=queries
-            )
-        except RuntimeError as exc:  # FAISS refusing a factory string or its training data
-            raise IndexStoreError(f"{folder}: cannot build {plan.factory!r} ({exc})") from None
-        faiss.write_index(built, str(folder / "vectors.faiss"))
-        report.index_bytes = (folder / "vectors.faiss").stat().st_size
-        del built
+        parts, reports = [], []
+        for k, (lo, hi) in enumerate(pairwise(bounds)):
+            name = "vectors.faiss" if shards == 1 else f"vectors-{k:03d}.faiss"
+            try:
+                built, part = ann.build(
+                    lambda lo=lo, hi=hi: ann.row_range(
+                        (v for v, _ in opened.iter_vectors()), lo, hi
+                    ),
+                    hi - lo,
+                    dim,
+                    plan,
+                    queries=queries,
+                )
+            except RuntimeError as exc:  # FAISS refusing a factory string or its training data
+                raise IndexStoreError(f"{folder}: cannot build {plan.factory!r} ({exc})") from None
+            faiss.write_index(built, str(folder / name))
+            del built
+            part.index_bytes = (folder / name).stat().st_size
+            reports.append(part)
+            parts.append({"file": name, "first_row": lo, "rows": hi - lo, "build": part.to_dict()})
+        report = reports[0] if shards == 1 else ann.combine_reports(reports)
         meta = {
             "format": 2,
             "model": loaded.name,
@@ -315,6 +341,7 @@ class Index:
             "value": report.value,
             "store": str(Path(store).resolve()),
             "build": report.to_dict(),
+            "parts": parts,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         atomic_write_bytes(folder / "index.json", json.dumps(meta, indent=2).encode())
@@ -329,8 +356,14 @@ class Index:
                     f"{folder}: an index already exists here; use add to extend it or "
                     "overwrite=True (--overwrite) to replace it"
                 )
-            for name in ("items.sqlite", "vectors.faiss", "index.json"):
-                (folder / name).unlink(missing_ok=True)
+            Index._remove_files(folder)
+            (folder / "index.json").unlink()
+
+    @staticmethod
+    def _remove_files(folder: Path) -> None:
+        """Remove an index's data files (not its index.json): rows, vectors and their parts."""
+        for path in (folder / "items.sqlite", *folder.glob("vectors*.faiss")):
+            path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ storage
     def __len__(self) -> int:
@@ -352,18 +385,23 @@ class Index:
         import faiss
 
         if self.meta.get("store"):
-            path = self.folder / "vectors.faiss"
-            try:
-                self._faiss = ann.read_mapped(str(path), self.meta["factory"])
-            except RuntimeError:
-                try:  # an index type FAISS cannot map: read into memory
-                    self._faiss = faiss.read_index(str(path))
-                except RuntimeError as exc:
-                    raise IndexStoreError(
-                        f"{path}: unreadable ({exc}); rebuild it with dermfm index build "
-                        f"--from-store {self.meta['store']}"
-                    ) from None
-            ann.set_parameter(self._faiss, self.meta.get("parameter"), self.meta.get("value"))
+            # format 2 indexes before sharding: one part, its parameter at the top level
+            parts = self.meta.get("parts") or [
+                {"file": "vectors.faiss", "build": self.meta.get("build", {})}
+            ]
+            self._parts = [
+                (
+                    self._read_store_part(self.folder / p["file"]),
+                    p["build"].get("parameter", self.meta.get("parameter")),
+                    p["build"].get("value", self.meta.get("value")),
+                )
+                for p in parts
+            ]
+            if len(self._parts) == 1:
+                self._faiss, parameter, value = self._parts[0]
+                ann.set_parameter(self._faiss, parameter, value)
+            else:
+                self._faiss = ann.open_shards(self._parts)
             self._ids = None
             return
         ids = np.array(
@@ -379,6 +417,21 @@ class Index:
             except RuntimeError:
                 pass  # unreadable derived file: rebuilt below from the source of truth
         self._rebuild(ids)
+
+    def _read_store_part(self, path: Path) -> Any:
+        """One written part of a store-built index, memory-mapped where FAISS can."""
+        import faiss
+
+        try:
+            return ann.read_mapped(str(path), self.meta["factory"])
+        except RuntimeError:
+            try:  # an index type FAISS cannot map: read into memory
+                return faiss.read_index(str(path))
+            except RuntimeError as exc:
+                raise IndexStoreError(
+                    f"{path}: unreadable ({exc}); rebuild it with dermfm index build "
+                    f"--from-store {self.meta['store']}"
+                ) from None
 
     def _rebuild(self, ids: np.ndarray) -> None:
         import faiss

@@ -44,8 +44,8 @@ def index_build(
     kind: Annotated[
         str,
         typer.Option(
-            help="flat (exact), ivf or hnsw; with --from-store: auto (default), flat, hnsw or "
-            "ivfpq (IVF-PQ with OPQ)."
+            help="flat (exact), ivf or hnsw; with --from-store: auto (default), flat, ivf "
+            "(inverted file), hnsw or ivfpq (IVF-PQ with OPQ)."
         ),
     ] = "",
     memory: Annotated[
@@ -56,6 +56,13 @@ def index_build(
         str | None,
         typer.Option(help="With --from-store: a FAISS index-factory string instead of --kind."),
     ] = None,
+    shards: Annotated[
+        int,
+        typer.Option(
+            help="With --from-store: split the index into this many parts over consecutive "
+            "rows, built one at a time and searched in parallel as one index."
+        ),
+    ] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing index.")] = False,
     batch_size: BatchOpt = 32,
     json_out: JsonOpt = False,
@@ -67,7 +74,8 @@ def index_build(
     if (source is None) == (from_store is None):
         raise fail("give a SOURCE of images or --from-store STORE (one of them)")
     if from_store is not None:
-        _index_from_store(index, from_store, model, checkpoint, kind, memory, factory, overwrite,
+        _index_from_store(index, from_store, model, checkpoint, kind, memory, factory, shards,
+                          overwrite,
                           json_out)  # fmt: skip
         return
     if memory or factory:
@@ -96,6 +104,7 @@ def _index_from_store(
     kind: str,
     memory: str | None,
     factory: str | None,
+    shards: int,
     overwrite: bool,
     json_out: bool,
 ) -> None:
@@ -112,6 +121,7 @@ def _index_from_store(
             kind=kind or "auto",
             memory=budget,
             factory=factory,
+            shards=shards,
             overwrite=overwrite,
         )
     except (DermfmError, ValueError) as exc:
@@ -120,6 +130,8 @@ def _index_from_store(
         print_json({**report.to_dict(), "total": len(built)})
         return
     tuned = f", {report.parameter}={report.value}" if report.parameter else ""
+    if report.shards > 1:
+        tuned += f"; {report.shards} parts searched together, {report.parameter} at most"
     out.print(
         f"{index}: {report.factory} over {report.vectors} vectors ({built.meta['reason']}"
         f"{tuned}); recall@10 vs exact search on {report.queries} held-aside queries: "
