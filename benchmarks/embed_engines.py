@@ -3,7 +3,9 @@ generated images, same machine, one run (Ray's overhead on one node).
 
 The Ray engine runs on a local Ray cluster started here, head on 127.0.0.1 inside a
 loopback-only network namespace (``unshare -n``, as root; see docs/scale.md), with ``--actors``
-actors of ``--actor-cpus`` CPUs each. Each engine writes a fresh store; the vectors of the two
+actors of ``--actor-cpus`` CPUs each, its workers at the local engine's priority (Ray's default
+worker niceness of 15 starves them on a busy machine: 0.06x the local engine's images/s in a
+2026-12-02 run beside a test suite). Each engine writes a fresh store; the vectors of the two
 stores are compared (max absolute difference).
 
     python benchmarks/embed_engines.py [--model dermfm-bundled] [--images 256] [--actors 2]
@@ -85,7 +87,8 @@ def main() -> None:
         make_images(images, args.images, args.side)
         local = run_engine(args, images, Path(tmp) / "local", "local")
         print(json.dumps(local), flush=True)
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        # Ray starts its workers at nice 15; at 0 they compete with others as the local engine does
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
         command = ["unshare", "-n", sys.executable, __file__, *sys.argv[1:]]
         done = subprocess.run(
             [*command, "--inner", str(images), str(Path(tmp) / "ray")],
